@@ -1,0 +1,1 @@
+"""The `heatdesk` command and its benchmarks: the top of the import graph."""
