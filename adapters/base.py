@@ -14,9 +14,13 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol, Sequence
 
 from core.quality import Quality
+
+if TYPE_CHECKING:
+    from adapters.config import DevicesFile
+    from core.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +87,20 @@ class Sink(Protocol):
 
 
 class Adapter(ABC):
-    """start() returns once the adapter runs in its own thread(s); stop() ends them cleanly."""
+    """start() returns once the adapter runs in its own thread(s); stop() ends them cleanly.
+
+    Every adapter class is constructed the same way by ingest (adapters/registry.py):
+    ``Cls(devices, sink, config=devices_file, settings=settings)`` where ``devices`` are this
+    protocol's entries of devices.yaml, ``config`` the whole validated file (for profiles and
+    ranges) and ``settings`` the core.config.Settings (broker URL, client id, ...).
+    """
     protocol: ClassVar[str]
 
-    def __init__(self, devices: Sequence, sink: Sink):
+    def __init__(self, devices: Sequence, sink: Sink, *, config: "DevicesFile", settings: "Settings"):
         self.devices = list(devices)
         self.sink = sink
+        self.config = config
+        self.settings = settings
         self._stopping = threading.Event()
 
     @abstractmethod
