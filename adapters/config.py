@@ -58,8 +58,11 @@ class TimestampSpec(_Model):
     format: Literal["auto", "iso8601", "epoch_s", "epoch_ms"] = "auto"
     #: zone for ISO 8601 strings without an offset (devices in China send local time)
     naive_timezone: str = "Asia/Shanghai"
-    #: a payload timestamp further than this from arrival is stored with quality clock_skew
+    #: a payload timestamp more than this *ahead* of arrival is stored with quality clock_skew
     max_skew_s: float = 300.0
+    #: a payload timestamp older than this is stored with quality clock_skew. Past timestamps are
+    #: normal: battery devices and gateways buffer and upload hourly (R16), backfills replay days.
+    max_age_s: float = 35 * 86400.0
 
 
 class PayloadField(_Model):
@@ -129,6 +132,9 @@ class ModbusPoint(_Model):
     registers: int | None = None      # defaults to the type's size; stated only to catch map errors
     scale: float = 1.0
     offset: float = 0.0
+    #: raw register values (before scale) the controller uses to say "sensor fault", e.g. [-32768] or
+    #: [32767]: such a sample is stored with quality device_error, never as a measurement
+    error_values: tuple[float, ...] = ()
 
     @model_validator(mode="after")
     def _size(self) -> "ModbusPoint":
@@ -177,7 +183,16 @@ class ModbusDevice(_Model):
     poll_interval_s: float = Field(default=10.0, gt=0)
     timeout_s: float = Field(default=2.0, gt=0)
     max_registers_per_request: int = Field(default=125, ge=1, le=125)
+    #: reconnect backoff after a failed connect or a timeout: doubles from initial to max, with jitter
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
     sensor_key: str = "{device}/{point}"
+
+    @model_validator(mode="after")
+    def _backoff(self) -> "ModbusDevice":
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise ValueError(f"reconnect_initial_s {self.reconnect_initial_s} > reconnect_max_s {self.reconnect_max_s}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +237,9 @@ class OpcUaDevice(_Model):
     publishing_interval_ms: float = Field(default=1000, gt=0)
     watchdog_interval_s: float = Field(default=5.0, gt=0)
     timeout_s: float = Field(default=4.0, gt=0)
+    #: reconnect backoff (s): first retry after initial, doubling up to max; never a busy loop
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
     sensor_key: str = "{device}/{point}"
 
     @model_validator(mode="after")
@@ -230,6 +248,8 @@ class OpcUaDevice(_Model):
             raise ValueError(f"security_policy {self.security_policy} does not fit security_mode {self.security_mode}")
         if self.security_policy != "None" and not (self.certificate and self.private_key):
             raise ValueError(f"security_policy {self.security_policy} needs certificate and private_key")
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise ValueError(f"reconnect_initial_s {self.reconnect_initial_s} > reconnect_max_s {self.reconnect_max_s}")
         return self
 
 
