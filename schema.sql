@@ -230,8 +230,13 @@ BEGIN
         CREATE EXTENSION IF NOT EXISTS timescaledb;
         PERFORM create_hypertable('readings', 'time', chunk_time_interval => interval '7 days',
                                   if_not_exists => true, migrate_data => true);
-        EXECUTE 'ALTER TABLE readings SET (timescaledb.compress, timescaledb.compress_segmentby = ''sensor_id'', timescaledb.compress_orderby = ''time'')';
+        -- Compression settings can only be set before chunks are compressed: set them once.
+        IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables
+                       WHERE hypertable_name = 'readings' AND compression_enabled) THEN
+            EXECUTE 'ALTER TABLE readings SET (timescaledb.compress, timescaledb.compress_segmentby = ''sensor_id'', timescaledb.compress_orderby = ''time'')';
+        END IF;
         PERFORM add_compression_policy('readings', interval '14 days', if_not_exists => true);
+        -- Retention is the operator's decision (R60): no retention policy is added here.
         IF NOT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'readings_hourly_cagg') THEN
             EXECUTE $v$
                 CREATE MATERIALIZED VIEW readings_hourly_cagg WITH (timescaledb.continuous) AS
@@ -297,6 +302,39 @@ CREATE TABLE IF NOT EXISTS compliance_dirty (
     PRIMARY KEY (household_id, day)
 );
 
+ALTER TABLE compliance_day ADD COLUMN IF NOT EXISTS n_samples integer;           -- valid samples that day
+ALTER TABLE compliance_day ADD COLUMN IF NOT EXISTS statistic text;              -- mean | min_hourly_mean | percentile
+ALTER TABLE compliance_day ADD COLUMN IF NOT EXISTS placement_class text;        -- R17, copied for KPIs by class
+
+-- Mirror of analytics/policies.yaml (C1) for SQL readers; rewritten by analytics/store.mirror_policies.
+CREATE TABLE IF NOT EXISTS region_policy (
+    code           text    NOT NULL,
+    version        integer NOT NULL,
+    name           text    NOT NULL,
+    effective_from date    NOT NULL,
+    effective_to   date,
+    threshold_c    double precision NOT NULL,
+    body           jsonb   NOT NULL,          -- the full policy (tiers, season, statistic …)
+    digest         text    NOT NULL,          -- sha256 prefix of the policy file it came from
+    loaded_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (code, version)
+);
+
+-- One row per compliance job run (what was computed, with which code and policy file).
+CREATE TABLE IF NOT EXISTS compliance_run (
+    id            bigserial PRIMARY KEY,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    kind          text NOT NULL,              -- range | dirty | nightly
+    day_from      date,
+    day_to        date,
+    households    integer NOT NULL DEFAULT 0,
+    room_days     integer NOT NULL DEFAULT 0,
+    counts        jsonb NOT NULL DEFAULT '{}',
+    code_version  text NOT NULL,
+    policy_digest text NOT NULL
+);
+
 -- ============================================================================================
 -- == ticketing (owned by ticketing/) ==========================================================
 CREATE TABLE IF NOT EXISTS ticket (
@@ -334,14 +372,491 @@ CREATE TABLE IF NOT EXISTS ticket_event (
 );
 CREATE INDEX IF NOT EXISTS ticket_event_ticket_idx ON ticket_event (ticket_id);
 
+-- Ticketing additions (ticketing/store.py is the only writer of these tables).
+CREATE SEQUENCE IF NOT EXISTS ticket_no_seq;
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS category        text;      -- leak, no_heat, outage, low_temp ... (SLA key)
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS community_id    integer REFERENCES community(id);
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS company_id      integer REFERENCES company(id);
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS sensor_id       integer REFERENCES sensor(id);   -- maintenance tickets
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS link_kind       text;      -- why parent_id is set: duplicate | incident
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS assignee_id     integer;   -- technician.id
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS station_id      integer;   -- repair_station.id
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS dispatch_round  integer NOT NULL DEFAULT 0;   -- 2 = 二次派单
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS urge_count      integer NOT NULL DEFAULT 0;   -- 催办
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS satisfaction    smallint CHECK (satisfaction BETWEEN 1 AND 5);
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS resolved_at     timestamptz;
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS cancel_reason   text;
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS auto_key        text;      -- what an auto ticket watches (R48 rule code)
+ALTER TABLE ticket ADD COLUMN IF NOT EXISTS updated_at      timestamptz NOT NULL DEFAULT now();
+CREATE INDEX IF NOT EXISTS ticket_unit_type_idx ON ticket (unit_id, type, reported_at);
+CREATE INDEX IF NOT EXISTS ticket_building_type_idx ON ticket (building_id, type, reported_at);
+CREATE INDEX IF NOT EXISTS ticket_status_idx ON ticket (status, type);
+CREATE INDEX IF NOT EXISTS ticket_reported_idx ON ticket (reported_at);
+CREATE INDEX IF NOT EXISTS ticket_parent_idx ON ticket (parent_id);
+-- Auto tickets open ONCE per episode (field-lessons.md "Stale data": one incident, not a storm):
+-- the database refuses a second open auto ticket for the same household / substation / sensor.
+CREATE UNIQUE INDEX IF NOT EXISTS ticket_auto_household_once ON ticket (household_id, type)
+    WHERE channel = 'auto' AND household_id IS NOT NULL AND type <> 'maintenance'
+      AND status NOT IN ('closed', 'cancelled', 'merged');
+CREATE UNIQUE INDEX IF NOT EXISTS ticket_auto_incident_once ON ticket (substation_id)
+    WHERE channel = 'auto' AND type = 'incident' AND status NOT IN ('closed', 'cancelled', 'merged');
+CREATE UNIQUE INDEX IF NOT EXISTS ticket_auto_sensor_once ON ticket (sensor_id)
+    WHERE channel = 'auto' AND type = 'maintenance' AND status NOT IN ('closed', 'cancelled', 'merged');
+CREATE INDEX IF NOT EXISTS ticket_event_action_idx ON ticket_event (action, at);
+-- The status vocabulary of ticketing/model.py (the workflow table guards the moves).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ticket_status_check') THEN
+        ALTER TABLE ticket ADD CONSTRAINT ticket_status_check CHECK (status IN ('new', 'dispatched', 'accepted',
+            'on_site', 'resolved', 'revisited', 'reopened', 'closed', 'cancelled', 'escalated_external', 'merged'));
+    END IF;
+END $$;
+-- ticket_event is the audit trail: append-only, enforced by the database.
+CREATE OR REPLACE FUNCTION ticket_event_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'ticket_event is append-only (% refused)', TG_OP;
+END $$;
+CREATE OR REPLACE TRIGGER ticket_event_no_update BEFORE UPDATE OR DELETE ON ticket_event
+    FOR EACH ROW EXECUTE FUNCTION ticket_event_append_only();
+
+-- Households an incident affects (network topology, R25): suppresses per-household auto tickets.
+CREATE TABLE IF NOT EXISTS ticket_household (
+    ticket_id    bigint  NOT NULL REFERENCES ticket(id),
+    household_id integer NOT NULL REFERENCES household(id),
+    PRIMARY KEY (ticket_id, household_id)
+);
+CREATE INDEX IF NOT EXISTS ticket_household_household_idx ON ticket_household (household_id);
+
+-- Photos, audio, signature images. Bytes in the database so that evidence travels with backups.
+CREATE TABLE IF NOT EXISTS ticket_attachment (
+    id           bigserial PRIMARY KEY,
+    ticket_id    bigint NOT NULL REFERENCES ticket(id),
+    kind         text NOT NULL CHECK (kind IN ('photo', 'audio', 'signature', 'document')),
+    filename     text NOT NULL DEFAULT '',
+    content_type text NOT NULL,
+    size_bytes   integer NOT NULL,
+    sha256       text NOT NULL,
+    data         bytea NOT NULL,
+    uploaded_by  text NOT NULL,
+    uploaded_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS ticket_attachment_ticket_idx ON ticket_attachment (ticket_id);
+
+-- Repair stations (维修站) own areas; technicians belong to a station.
+CREATE TABLE IF NOT EXISTS repair_station (
+    id         serial PRIMARY KEY,
+    company_id integer REFERENCES company(id),
+    code       text NOT NULL UNIQUE,
+    name       text NOT NULL,
+    lat        double precision,
+    lon        double precision
+);
+CREATE TABLE IF NOT EXISTS station_area (
+    station_id   integer NOT NULL REFERENCES repair_station(id),
+    community_id integer REFERENCES community(id),
+    building_id  integer REFERENCES building(id),
+    CHECK (community_id IS NOT NULL OR building_id IS NOT NULL)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS station_area_uniq ON station_area (station_id, coalesce(community_id, 0), coalesce(building_id, 0));
+CREATE TABLE IF NOT EXISTS technician (
+    id          serial PRIMARY KEY,
+    station_id  integer NOT NULL REFERENCES repair_station(id),
+    code        text NOT NULL UNIQUE,
+    name        text NOT NULL,
+    skills      text[] NOT NULL DEFAULT '{}',       -- repair, leak, temp_test, valve, electrical, ...
+    role        text NOT NULL DEFAULT 'technician' CHECK (role IN ('technician', 'team_lead', 'station_head')),
+    max_load    integer NOT NULL DEFAULT 6,
+    active      boolean NOT NULL DEFAULT true,
+    lat         double precision,
+    lon         double precision,
+    location_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS technician_shift (
+    technician_id integer NOT NULL REFERENCES technician(id),
+    starts_at     timestamptz NOT NULL,
+    ends_at       timestamptz NOT NULL,
+    PRIMARY KEY (technician_id, starts_at),
+    CHECK (ends_at > starts_at)
+);
+ALTER TABLE building ADD COLUMN IF NOT EXISTS lat double precision;
+ALTER TABLE building ADD COLUMN IF NOT EXISTS lon double precision;
+
+-- SLA clock notices already raised (warning/breach/escalation), so the checker is idempotent.
+CREATE TABLE IF NOT EXISTS ticket_sla_notice (
+    ticket_id bigint NOT NULL REFERENCES ticket(id),
+    clock     text   NOT NULL,            -- ack | arrive | resolve | reply
+    level     text   NOT NULL,            -- warning | breach | team_lead | station_head | service_center
+    at        timestamptz NOT NULL,
+    PRIMARY KEY (ticket_id, clock, level)
+);
+
+-- Manual temperature tests 测温 (R11–R13, R18): the protocol is stored with every test.
+CREATE TABLE IF NOT EXISTS temp_test (
+    id                  bigserial PRIMARY KEY,
+    ticket_id           bigint NOT NULL REFERENCES ticket(id),
+    household_id        integer NOT NULL REFERENCES household(id),
+    room_id             integer REFERENCES room(id),
+    outcome             text NOT NULL CHECK (outcome IN ('measured', 'user_refused', 'company_late')),
+    measured_at         timestamptz NOT NULL,
+    protocol_id         text,
+    height_m            double precision,
+    points              integer,
+    stability_ok        boolean,
+    readings            jsonb NOT NULL DEFAULT '[]',     -- [℃, ...] as read
+    result_c            double precision,                -- mean of readings (+ instrument correction)
+    threshold_c         double precision NOT NULL,
+    below_standard      boolean,                         -- NULL for deemed outcomes without a value
+    deemed              text,                            -- R12: compliant | below_14
+    instrument_id       text,
+    instrument_correction_c double precision NOT NULL DEFAULT 0,
+    calibration_cert    text,
+    calibration_expiry  date,
+    staff_signature_id  bigint REFERENCES ticket_attachment(id),
+    user_signature_id   bigint REFERENCES ticket_attachment(id),
+    iot_sensor_id       integer,
+    iot_value_c         double precision,
+    drift_c             double precision,                -- manual − IoT
+    drift_flag          boolean,
+    recorded_by         text NOT NULL,
+    created_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS temp_test_household_idx ON temp_test (household_id, measured_at);
+
+-- Household days confirmed non-compliant by a 测温 (R13). Read by dunning refunds. measured_c is NULL
+-- when the result is deemed (R12: company late or no record → deemed < 14 ℃, basis 'deemed_below_14').
+CREATE TABLE IF NOT EXISTS confirmed_noncompliant_day (
+    household_id integer NOT NULL REFERENCES household(id),
+    day          date    NOT NULL,
+    ticket_id    bigint  NOT NULL REFERENCES ticket(id),
+    measured_c   double precision,
+    basis        text NOT NULL DEFAULT 'measured' CHECK (basis IN ('measured', 'deemed_below_14')),
+    temp_test_id bigint REFERENCES temp_test(id),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (household_id, day)
+);
+
 -- ============================================================================================
 -- == notify (owned by notify/: outbox shared by ticketing and dunning) =========================
+-- One row per message to one household on one channel. The idempotency key makes every producer
+-- safe to run twice (dunning: account/step/period). `body` is the evidence copy (R39): rendered
+-- with personal fields masked; the real name/phone/e-mail are decrypted only when sending (R57–R60).
+CREATE TABLE IF NOT EXISTS notify_outbox (
+    id               bigserial PRIMARY KEY,
+    idempotency_key  text NOT NULL UNIQUE,
+    household_id     integer REFERENCES household(id),
+    channel          text NOT NULL CHECK (channel IN ('sms', 'wechat', 'email', 'letter', 'console')),
+    template_id      text NOT NULL,
+    template_version integer NOT NULL,
+    context          jsonb NOT NULL DEFAULT '{}',      -- non-personal variables only (amounts, dates)
+    subject          text,
+    body             text NOT NULL,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'sending', 'sent', 'delivered', 'failed')),
+    attempts         integer NOT NULL DEFAULT 0,
+    max_attempts     integer NOT NULL DEFAULT 5,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    last_error       text,
+    provider         text,                              -- sender name: sms_http, wechat, smtp, file, console
+    provider_id      text,                              -- the gateway's message id (callbacks match on it)
+    delivery_status  text,                              -- as reported by the provider (DELIVRD, UNDELIV, ...)
+    delivery_proof   text,                              -- letters: registered-mail no. / signed receipt ref
+    source           text NOT NULL CHECK (source IN ('dunning', 'ticketing')),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    sent_at          timestamptz,
+    delivered_at     timestamptz,
+    failed_at        timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS notify_outbox_due_idx ON notify_outbox (next_attempt_at)
+    WHERE status IN ('pending', 'sending');
+CREATE INDEX IF NOT EXISTS notify_outbox_household_idx ON notify_outbox (household_id, created_at);
+CREATE INDEX IF NOT EXISTS notify_outbox_provider_idx ON notify_outbox (provider, provider_id);
+
+-- Every attempt, result and provider callback (the delivery evidence trail).
+CREATE TABLE IF NOT EXISTS notify_event (
+    id        bigserial PRIMARY KEY,
+    outbox_id bigint NOT NULL REFERENCES notify_outbox(id),
+    at        timestamptz NOT NULL DEFAULT now(),
+    kind      text NOT NULL,                            -- attempt, sent, retry, failed, callback, proof
+    detail    jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS notify_event_outbox_idx ON notify_event (outbox_id);
+
+-- E-mail addresses and WeChat openids: personal data, encrypted like pii.household_contact.
+CREATE TABLE IF NOT EXISTS pii.notify_address (
+    household_id integer NOT NULL REFERENCES household(id),
+    channel      text NOT NULL CHECK (channel IN ('email', 'wechat')),
+    address_enc  bytea NOT NULL,
+    key_version  integer NOT NULL DEFAULT 1,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (household_id, channel)
+);
 
 -- ============================================================================================
 -- == dunning (owned by dunning/) ==============================================================
+-- One heat-fee ledger per household (R37: never bundled with property/water/power, never per
+-- building). Money is numeric(12,2) 元. Policy numbers live in dunning/policy.yaml, not here.
+
+-- Season bill (应缴采暖费) per household and season; `basis` records tariff and inputs (R42–R43, R29).
+CREATE TABLE IF NOT EXISTS dunning_bill (
+    id            bigserial PRIMARY KEY,
+    household_id  integer NOT NULL REFERENCES household(id),
+    season        text NOT NULL,                        -- '2026-2027' (season start year-end year)
+    period_start  date NOT NULL,                        -- statutory season (R41)
+    period_end    date NOT NULL,
+    due_date      date NOT NULL,                        -- R31, per region
+    amount        numeric(12,2) NOT NULL CHECK (amount >= 0),
+    base_amount   numeric(12,2) NOT NULL DEFAULT 0,     -- 基本热费 share (two-part, 报停)
+    tariff_code   text NOT NULL,
+    basis         jsonb NOT NULL DEFAULT '{}',
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (household_id, season)
+);
+CREATE INDEX IF NOT EXISTS dunning_bill_season_idx ON dunning_bill (season, household_id);
+
+-- Payment events from any channel, idempotent on (channel, external_id). Acceptance never depends
+-- on other debts (R37). government_subsidy = 低保/特困 subsidies paid by government channels (R38).
+CREATE TABLE IF NOT EXISTS dunning_payment (
+    id            bigserial PRIMARY KEY,
+    household_id  integer NOT NULL REFERENCES household(id),
+    season        text NOT NULL,
+    amount        numeric(12,2) NOT NULL CHECK (amount <> 0),   -- negative = reversal / refund paid out
+    channel       text NOT NULL CHECK (channel IN ('counter', 'bank', 'wechat', 'alipay', 'government_subsidy',
+                                                   'refund_offset', 'adjustment')),
+    external_id   text NOT NULL,
+    paid_at       timestamptz NOT NULL,
+    received_at   timestamptz NOT NULL DEFAULT now(),
+    note          text,
+    UNIQUE (channel, external_id)
+);
+CREATE INDEX IF NOT EXISTS dunning_payment_household_idx ON dunning_payment (household_id, season);
+
+-- Refund per household and season so far (R22, analytics.refund): `amount` counts (confirmed days,
+-- or IoT days where the region allows, R13) and reduces the amount asked; `provisional_*` is what
+-- the suspected (IoT-only) days would add if a 测温 confirms them.
+CREATE TABLE IF NOT EXISTS dunning_refund_line (
+    household_id       integer NOT NULL REFERENCES household(id),
+    season             text NOT NULL,
+    days               integer NOT NULL,
+    amount             numeric(12,2) NOT NULL,
+    provisional_days   integer NOT NULL DEFAULT 0,
+    provisional_amount numeric(12,2) NOT NULL DEFAULT 0,
+    basis              jsonb NOT NULL DEFAULT '{}',     -- policy, daily fee, lines (day, ratio, area factor)
+    computed_at        timestamptz NOT NULL,
+    PRIMARY KEY (household_id, season)
+);
+
+-- Disputes about money that dunning must respect (R35 pause, R36 guard) besides ticketing's.
+CREATE TABLE IF NOT EXISTS dunning_dispute (
+    id            bigserial PRIMARY KEY,
+    household_id  integer NOT NULL REFERENCES household(id),
+    season        text NOT NULL,
+    kind          text NOT NULL CHECK (kind IN ('refund', 'bill')),
+    opened_on     date NOT NULL,
+    resolved_on   date,
+    note          text
+);
+CREATE INDEX IF NOT EXISTS dunning_dispute_household_idx ON dunning_dispute (household_id);
+
+-- 分期 (R32): plan + parts; a missed part breaks the plan and the ladder resumes.
+CREATE TABLE IF NOT EXISTS dunning_instalment_plan (
+    id            bigserial PRIMARY KEY,
+    household_id  integer NOT NULL REFERENCES household(id),
+    season        text NOT NULL,
+    total         numeric(12,2) NOT NULL,
+    status        text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'completed', 'broken', 'cancelled')),
+    created_on    date NOT NULL,
+    created_by    text NOT NULL,
+    broken_on     date
+);
+CREATE UNIQUE INDEX IF NOT EXISTS dunning_instalment_plan_active_idx ON dunning_instalment_plan (household_id, season)
+    WHERE status = 'active';
+CREATE TABLE IF NOT EXISTS dunning_instalment (
+    plan_id       bigint NOT NULL REFERENCES dunning_instalment_plan(id),
+    seq           integer NOT NULL,
+    due_date      date NOT NULL,
+    amount        numeric(12,2) NOT NULL CHECK (amount > 0),
+    PRIMARY KEY (plan_id, seq)
+);
+
+-- 缓缴 until a date, with reason (R38).
+CREATE TABLE IF NOT EXISTS dunning_deferral (
+    id            bigserial PRIMARY KEY,
+    household_id  integer NOT NULL REFERENCES household(id),
+    season        text NOT NULL,
+    granted_on    date NOT NULL,
+    until_date    date NOT NULL,
+    reason        text NOT NULL,
+    granted_by    text NOT NULL,
+    CHECK (until_date >= granted_on)
+);
+CREATE INDEX IF NOT EXISTS dunning_deferral_household_idx ON dunning_deferral (household_id);
+
+-- Hardship status (低保/特困/other) is sensitive personal information (R38, R57): in the pii schema,
+-- category and verification document encrypted (SM4-GCM, core/pii.py). Only validity is in clear,
+-- so the gate can read "in force" without decrypting.
+CREATE TABLE IF NOT EXISTS pii.dunning_hardship (
+    household_id  integer PRIMARY KEY REFERENCES household(id),
+    category_enc  bytea NOT NULL,
+    doc_ref_enc   bytea,
+    valid_from    date NOT NULL,
+    expires_on    date NOT NULL,
+    verified_by   text NOT NULL,
+    key_version   integer NOT NULL DEFAULT 1,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+
+-- Periods in which the gate held dunning (compliance, complaint, dispute, cold): 违约金 pauses (R35).
+CREATE TABLE IF NOT EXISTS dunning_hold (
+    id            bigserial PRIMARY KEY,
+    household_id  integer NOT NULL REFERENCES household(id),
+    season        text NOT NULL,
+    reasons       text[] NOT NULL,
+    started_on    date NOT NULL,
+    ended_on      date                                    -- NULL while the hold lasts
+);
+CREATE UNIQUE INDEX IF NOT EXISTS dunning_hold_open_idx ON dunning_hold (household_id, season) WHERE ended_on IS NULL;
+
+-- Resumable runs: one per (company, as_of, dry_run); the cursor lets a stopped run continue (job.py).
+CREATE TABLE IF NOT EXISTS dunning_run (
+    id             bigserial PRIMARY KEY,
+    company_id     integer NOT NULL REFERENCES company(id),
+    as_of          date NOT NULL,
+    dry_run        boolean NOT NULL,
+    status         text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'failed')),
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    finished_at    timestamptz,
+    last_household integer NOT NULL DEFAULT 0,
+    counts         jsonb NOT NULL DEFAULT '{}',
+    error          text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS dunning_run_open_idx ON dunning_run (company_id, as_of, dry_run) WHERE status = 'running';
+
+-- Every gate decision with reason codes and the evidence looked at (compliance days, ticket ids).
+CREATE TABLE IF NOT EXISTS dunning_decision (
+    id            bigserial PRIMARY KEY,
+    run_id        bigint REFERENCES dunning_run(id),
+    household_id  integer NOT NULL REFERENCES household(id),
+    season        text NOT NULL,
+    as_of         date NOT NULL,
+    step          text,                                  -- ladder step considered (friendly, notice, ...)
+    action        text NOT NULL CHECK (action IN ('send', 'soften', 'hold', 'skip')),
+    reasons       text[] NOT NULL,
+    template      text,
+    channel       text,
+    amount_asked  numeric(12,2),
+    refund_adjust numeric(12,2) NOT NULL DEFAULT 0,
+    late_fee      numeric(12,2) NOT NULL DEFAULT 0,
+    evidence      jsonb NOT NULL DEFAULT '{}',
+    outbox_id     bigint REFERENCES notify_outbox(id),
+    ticket_id     bigint REFERENCES ticket(id),
+    dry_run       boolean NOT NULL DEFAULT false,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS dunning_decision_household_idx ON dunning_decision (household_id, season, as_of);
+CREATE INDEX IF NOT EXISTS dunning_decision_run_idx ON dunning_decision (run_id, household_id);
+
+-- Cut-off (限热/停热) PROPOSALS for human approval only (R36): never executed by code.
+CREATE TABLE IF NOT EXISTS dunning_cutoff_proposal (
+    id            bigserial PRIMARY KEY,
+    household_id  integer NOT NULL REFERENCES household(id),
+    season        text NOT NULL,
+    proposed_on   date NOT NULL,
+    status        text NOT NULL DEFAULT 'proposed' CHECK (status IN ('proposed', 'approved', 'rejected', 'withdrawn',
+                                                                      'executed', 'restored')),
+    evidence      jsonb NOT NULL,                         -- formal-notice outbox id, proof, checks passed
+    decided_by    text,
+    decided_at    timestamptz,
+    executed_on   date,                                   -- recorded by staff; pauses 违约金 (R35)
+    restored_on   date
+);
+CREATE UNIQUE INDEX IF NOT EXISTS dunning_cutoff_open_idx ON dunning_cutoff_proposal (household_id, season)
+    WHERE status IN ('proposed', 'approved', 'executed');
+
+-- Consent to offset a refund against arrears (R40), per household and season.
+CREATE TABLE IF NOT EXISTS dunning_offset_consent (
+    household_id  integer NOT NULL REFERENCES household(id),
+    season        text NOT NULL,
+    given_on      date NOT NULL,
+    channel       text NOT NULL,
+    PRIMARY KEY (household_id, season)
+);
+
+-- Season-end refund statements (R23, R40).
+CREATE TABLE IF NOT EXISTS dunning_refund_statement (
+    household_id   integer NOT NULL REFERENCES household(id),
+    season         text NOT NULL,
+    refund_days    integer NOT NULL,
+    refund_amount  numeric(12,2) NOT NULL,
+    arrears_before numeric(12,2) NOT NULL,
+    offset_amount  numeric(12,2) NOT NULL,
+    payout_amount  numeric(12,2) NOT NULL,
+    offset_basis   text NOT NULL CHECK (offset_basis IN ('consent', 'contract', 'none')),
+    payout_deadline date,
+    outbox_id      bigint REFERENCES notify_outbox(id),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (household_id, season)
+);
 
 -- ============================================================================================
 -- == api (owned by api/: users, roles, tokens, access log) ====================================
+-- Users of the service (staff, service accounts, self-service customers). Passwords: argon2id.
+CREATE TABLE IF NOT EXISTS app_user (
+    id            serial PRIMARY KEY,
+    username      text NOT NULL UNIQUE,
+    display_name  text NOT NULL DEFAULT '',
+    password_hash text,                                   -- argon2id; NULL for service accounts (API key only)
+    role          text NOT NULL CHECK (role IN ('agent', 'supervisor', 'engineer', 'dispatcher', 'technician',
+                                                'finance', 'auditor', 'admin', 'customer')),
+    company_id    integer NOT NULL REFERENCES company(id),
+    household_id  integer REFERENCES household(id),       -- role customer: the one household it may see
+    is_service    boolean NOT NULL DEFAULT false,
+    active        boolean NOT NULL DEFAULT true,
+    token_version integer NOT NULL DEFAULT 1,             -- bumped on logout/password change: revokes tokens
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    last_login_at timestamptz
+);
+-- A technician's login ↔ ticketing's technician row ("my orders" on the technician page). No FK:
+-- ticketing owns technician and may load it after the users exist.
+ALTER TABLE app_user ADD COLUMN IF NOT EXISTS technician_id integer;
+
+-- Data scope: a row with branch_id NULL means every branch of the company (object-level authorisation).
+CREATE TABLE IF NOT EXISTS app_user_scope (
+    id         serial PRIMARY KEY,
+    user_id    integer NOT NULL REFERENCES app_user(id) ON DELETE CASCADE,
+    company_id integer NOT NULL REFERENCES company(id),
+    branch_id  integer REFERENCES branch(id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS app_user_scope_uniq ON app_user_scope (user_id, company_id, coalesce(branch_id, 0));
+
+-- API keys for service accounts: only a SHA-256 of the (high-entropy) secret is stored.
+CREATE TABLE IF NOT EXISTS api_key (
+    id           serial PRIMARY KEY,
+    user_id      integer NOT NULL REFERENCES app_user(id) ON DELETE CASCADE,
+    prefix       text NOT NULL UNIQUE,                     -- public part, shown in lists
+    secret_hash  bytea NOT NULL,
+    scopes       text[] NOT NULL DEFAULT '{}',             -- empty = the role's scopes
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    last_used_at timestamptz,
+    revoked_at   timestamptz
+);
+
+-- Every read of personal data (PIPL art. 51, domain.md R60): who, which household, which fields, why.
+CREATE TABLE IF NOT EXISTS pii_access_log (
+    id           bigserial PRIMARY KEY,
+    at           timestamptz NOT NULL DEFAULT now(),
+    user_id      integer REFERENCES app_user(id),
+    username     text NOT NULL,
+    role         text NOT NULL,
+    household_id integer REFERENCES household(id),
+    fields       text[] NOT NULL,                          -- e.g. {name,phone,address} or {phone_masked}
+    masked       boolean NOT NULL,                         -- true when only masked values were shown
+    purpose      text NOT NULL,                            -- route / purpose code (household_card, search, screen_pop)
+    request_id   text,
+    client_ip    text
+);
+CREATE INDEX IF NOT EXISTS pii_access_log_household_idx ON pii_access_log (household_id, at);
+CREATE INDEX IF NOT EXISTS pii_access_log_user_idx ON pii_access_log (user_id, at);
 
 -- ============================================================================================
 INSERT INTO schema_version (version, timescaledb)

@@ -102,6 +102,27 @@ def _wait_http(url: str, timeout: float) -> bool:
     return False
 
 
+def _wait_mqtt_session(db_url: str, timeout: float, sup: "Supervisor") -> bool:
+    """True once every MQTT device of ingest has reported `connected` in device_status."""
+    from adapters.config import load_devices
+    from core.db import connect
+
+    mqtt_ids = [d.id for d in load_devices(get_settings().devices_file, env=sup.env).by_protocol("mqtt")]
+    if not mqtt_ids:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sup.dead():
+            return False
+        with connect(db_url) as conn:
+            n = conn.execute("SELECT count(*) FROM device_status WHERE device_id = ANY(%s) AND connected",
+                             (mqtt_ids,)).fetchone()[0]
+        if n == len(mqtt_ids):
+            return True
+        time.sleep(0.3)
+    return False
+
+
 def run_up(args: argparse.Namespace) -> int:
     settings = get_settings()
     data_dir = Path(settings.data_dir)
@@ -165,6 +186,8 @@ def run_up(args: argparse.Namespace) -> int:
                    "--export-weather", str(weather_path), "--export-only"]
             if args.households:
                 gen += ["--households", str(args.households)]
+            if args.scenario:  # the official weather must carry the scenario's cold snap (R6 exemption)
+                gen += ["--scenario", args.scenario]
             subprocess.run(gen, cwd=PROJECT_ROOT, env=env, check=True)
             _import_city(db_url, csv_path, weather_path, secrets["HEATDESK_FIELD_KEY_HEX"], say)
 
@@ -172,6 +195,11 @@ def run_up(args: argparse.Namespace) -> int:
         sup.start("ingest", [py, "-m", "ingest"])
         sup.start("jobs", [py, "-m", "heatdesk.jobs"])
         if not args.no_simulators:
+            # On a first start the broker has no session for ingest yet: anything published before
+            # ingest subscribes would be dropped. Wait until its MQTT client is connected.
+            if not _wait_mqtt_session(db_url, 60, sup):
+                say("ingest did not connect to the broker; its log:\n" + sup.tail("ingest"))
+                return 1
             sim = [py, "-m", "simulators", "--seed", str(args.seed), "--mqtt-url", mqtt_url,
                    "--modbus-port", str(modbus_port), "--opcua-port", str(opcua_port),
                    "--backfill-days", str(args.backfill_days), "--speed", str(args.speed)]
