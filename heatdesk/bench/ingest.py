@@ -1,0 +1,460 @@
+"""Ingest benchmark: `heatdesk bench ingest [--json] [--n N] [--duration S]`.
+
+One run, four measurements, the same publisher (a SEPARATE process publishing QoS 1 at full
+speed) and the same broker for the MQTT ones:
+
+  (a) protocol ceiling — our MqttAdapter (paho, QoS 1, manual ack) into a sink that acks at once,
+      no database;
+  (b) database ceiling — the ingest Writer (COPY binary into staging + INSERT … ON CONFLICT DO
+      NOTHING) over the same rows, no MQTT;
+  (c) end to end — MQTT QoS 1 → IngestService → durable COMMIT → ack;
+  (d) naive — a paho consumer that INSERTs and COMMITs each message as it arrives (auto-ack).
+
+Ratios c/min(a, b) and c/d; lost and duplicated (database vs. what the broker acknowledged to the
+publisher); RSS of this process sampled during (c) to show memory stays flat; modbus polls/s from
+heatdesk.bench.modbus when that module exists.
+
+How the MQTT figures are taken: the consumer's persistent session is created, taken offline, the
+publisher process publishes N readings at full speed into the broker's queue for it, then the
+consumer reconnects and drains the backlog (the catch-up after an outage). The consumer therefore
+runs at its own ceiling instead of sharing two cores with the publisher; the publisher's rate is
+reported beside it. ``--duration S`` instead runs (c) live for S seconds (publisher and consumer at
+the same time) — the memory-flatness run.
+
+The broker: HEATDESK_MQTT_URL when set (it must queue N messages per offline client — Mosquitto's
+default max_queued_messages is 1000), else a private Mosquitto started with core.broker's settings.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import psycopg
+
+from adapters.base import Delivery, DeviceEvent, Reading, SensorMeta
+from adapters.config import parse_devices
+from adapters.mqtt import MqttAdapter, parse_broker_url
+from core.broker import PrivateBroker
+from core.config import Settings, get_settings
+from core.db import apply_schema, drop_database, ensure_database, make_pool
+from core.quality import Quality
+from ingest.batcher import Batch
+from ingest.service import IngestService
+from ingest.writer import Writer
+
+log = logging.getLogger(__name__)
+
+HOUSEHOLDS = 1000
+DEVICES = """
+version: 1
+ranges:
+  room_temp: {plausible: [5, 35], possible: [-40, 70], stuck_after_s: 21600}
+profiles:
+  a_json:
+    format: json
+    fields: [{path: temp, metric: room_temp, unit: C}]
+    timestamp: {path: ts, format: iso8601}
+devices:
+  - id: bench
+    protocol: mqtt
+    subscriptions:
+      - topic: "ROOT/room/{household}/{room}/state"
+        payload: a_json
+"""
+BASE = datetime(2026, 11, 1, tzinfo=timezone(timedelta(hours=8)))
+
+
+def _payload(i: int) -> tuple[str, bytes]:
+    """Reading i: household i % HOUSEHOLDS, one second apart per household — every (sensor, time) distinct."""
+    ts = BASE + timedelta(seconds=i // HOUSEHOLDS)
+    return f"room/B{i % HOUSEHOLDS:04d}/living/state", orjson.dumps({"temp": 18.0 + (i % 50) / 10, "ts": ts.isoformat()})
+
+
+# -------------------------------------------------------------------------------------------------
+# The publisher process
+
+def _publisher(url: str, root: str, first: int, n: int, duration: float | None, sent, rate, ready, go) -> None:
+    import paho.mqtt.client as mqtt
+
+    host, port, _ = parse_broker_url(url)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    # paho's client-side inflight limit scans every queued message on each PUBACK (quadratic at
+    # 100 k queued): unlimited is ~3x faster here. Bounded by n anyway.
+    c.max_inflight_messages_set(0)
+    c.max_queued_messages_set(0)
+    c.connect(host, port)
+    c.loop_start()
+    ready.set()
+    go.wait()
+    t0 = time.perf_counter()
+    t_end = time.monotonic() + duration if duration else None
+    infos = []
+    i = first
+    while (t_end is None and i < first + n) or (t_end is not None and time.monotonic() < t_end):
+        topic, body = _payload(i)
+        infos.append(c.publish(f"{root}/{topic}", body, qos=1))
+        i += 1
+        if duration and len(infos) >= 2000:          # live mode: keep the client's memory bounded
+            infos[-1].wait_for_publish(60)
+            sent.value += sum(1 for x in infos if x.is_published())
+            infos = [x for x in infos if not x.is_published()]
+    for x in infos:
+        x.wait_for_publish(60)
+    sent.value += sum(1 for x in infos if x.is_published())
+    rate.value = (i - first) / (time.perf_counter() - t0)
+    c.disconnect()
+    c.loop_stop()
+
+
+class _Pub:
+    """A publisher in its own process; start() releases it, join() returns what the broker acknowledged."""
+
+    def __init__(self, url: str, root: str, first: int, n: int, duration: float | None = None):
+        ctx = mp.get_context("spawn")
+        self.sent = ctx.Value("q", 0)
+        self.rate = ctx.Value("d", 0.0)
+        self.ready, self.go = ctx.Event(), ctx.Event()
+        self.proc = ctx.Process(target=_publisher, args=(url, root, first, n, duration, self.sent, self.rate,
+                                                         self.ready, self.go), daemon=True)
+        self.proc.start()
+        if not self.ready.wait(30):
+            raise RuntimeError("publisher process did not start")
+
+    def start(self) -> None:
+        self.go.set()
+
+    def join(self) -> int:
+        self.proc.join(300)
+        return int(self.sent.value)
+
+
+# -------------------------------------------------------------------------------------------------
+# Consumers
+
+class _CountingSink:
+    """(a): ack at once, count readings; no database."""
+
+    def __init__(self):
+        self.n = 0
+        self.first: float | None = None
+        self.last = 0.0
+
+    def submit(self, delivery: Delivery) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        if delivery.ack:
+            delivery.ack()
+        self.n += len(delivery.readings)
+        self.last = time.perf_counter()
+
+    def device_event(self, event: DeviceEvent) -> None:
+        pass
+
+
+class _TimedService(IngestService):
+    """(c): the real service; records when the first message arrived."""
+    first: float | None = None
+
+    def submit(self, delivery: Delivery) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        super().submit(delivery)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _forget(url: str, client_id: str) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    host, port, _ = parse_broker_url(url)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = 0
+    c.connect(host, port, clean_start=True, properties=p)
+    c.disconnect()
+
+
+def _backlog(settings, root: str, first: int, n: int, make_consumer) -> tuple[object, int, float]:
+    """Create the consumer's persistent session, take it offline, publish n at full speed from the
+    publisher process into the broker's queue for it, then start the consumer again: it drains at
+    its own ceiling, without sharing the CPU with the publisher."""
+    c = make_consumer()
+    c.start()
+    _wait(c.is_subscribed, 15)
+    c.stop()
+    pub = _Pub(settings.mqtt_url, root, first, n)
+    pub.start()
+    sent = pub.join()
+    c = make_consumer()
+    return c, sent, float(pub.rate.value)
+
+
+# -------------------------------------------------------------------------------------------------
+# Phases
+
+def _phase_protocol(settings, root, n) -> dict:
+    cfg = _config(root)
+    sink = _CountingSink()
+    ad, sent, pub_rate = _backlog(settings, root, 0, n,
+                                  lambda: MqttAdapter(cfg.by_protocol("mqtt"), sink, config=cfg, settings=settings))
+    ad.start()
+    _wait(lambda: sink.n >= sent, 120)
+    ad.stop()
+    return {"n": sink.n, "sent": sent, "per_s": sink.n / (sink.last - sink.first), "publisher_per_s": pub_rate}
+
+
+def _phase_db(url, settings, n) -> dict:
+    pool = make_pool(url, min_size=1, max_size=2, name="bench-db")
+    meta = {h: SensorMeta(metric="room_temp", unit="C", protocol="mqtt", device_id="bench-db", point="temp",
+                          household_code=f"D{h:04d}", room_code="living") for h in range(HOUSEHOLDS)}
+    rows = [Reading(f"room:D{i % HOUSEHOLDS:04d}:living:room_temp", BASE + timedelta(seconds=i // HOUSEHOLDS),
+                    18.0 + (i % 50) / 10, Quality.GOOD, meta[i % HOUSEHOLDS]) for i in range(n)]
+    size = settings.batch_max_rows
+    w = Writer(pool)
+    w.write(Batch([Delivery(readings=rows[:HOUSEHOLDS])]))      # sensors registered once, as in steady state
+    t0 = time.perf_counter()
+    inserted = sum(w.write(Batch([Delivery(readings=rows[i:i + size])])).inserted for i in range(0, n, size))
+    first = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    again = sum(w.write(Batch([Delivery(readings=rows[i:i + size])])).inserted for i in range(0, n, size))
+    second = time.perf_counter() - t1
+    pool.close()
+    return {"n": n, "per_s": n / first, "replay_per_s": n / second, "inserted_first": inserted + HOUSEHOLDS,
+            "inserted_replay": again}
+
+
+def _phase_end_to_end(settings, url, root, n, duration) -> dict:
+    cfg = _config(root)
+    pool = make_pool(url, min_size=1, max_size=4, name="bench-e2e")
+    svc = _TimedService(pool, settings=settings, ranges=dict(cfg.ranges), spool_dir=settings.data_dir / "bench-spool")
+    svc.start()
+    first = 10_000_000
+
+    def consumer():
+        return MqttAdapter(cfg.by_protocol("mqtt"), svc, config=cfg, settings=settings)
+
+    rss: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            rss.append(round(_rss_mb(), 1))
+            stop.wait(0.5)
+
+    if duration:                                   # live: publisher and consumer run at the same time
+        ad = consumer()
+        ad.start()
+        _wait(ad.is_subscribed, 15)
+        pub = _Pub(settings.mqtt_url, root, first, 0, duration)
+        threading.Thread(target=sample, daemon=True).start()
+        pub.start()
+        sent = pub.join()
+        pub_rate = float(pub.rate.value)
+    else:
+        ad, sent, pub_rate = _backlog(settings, root, first, n, consumer)
+        threading.Thread(target=sample, daemon=True).start()
+        ad.start()
+    _wait(lambda: svc.totals["inserted"] >= sent, 300)
+    t_end = time.perf_counter()
+    svc.drain(10)
+    stop.set()
+    ad.stop()
+    svc.stop()
+    with psycopg.connect(url) as c:
+        total, distinct = c.execute("""SELECT count(*), count(DISTINCT (r.sensor_id, r.time)) FROM readings r
+                                       JOIN sensor s ON s.id = r.sensor_id WHERE s.device_id = 'bench'""").fetchone()
+    pool.close()
+    return {"n": total, "sent": sent, "per_s": sent / (t_end - svc.first), "lost": max(0, sent - distinct),
+            "duplicated": total - min(total, sent), "rss_mb": rss, "batches": svc.totals["batches"],
+            "acked": svc.totals["acked"], "publisher_per_s": pub_rate, "live": bool(duration)}
+
+
+class _Naive:
+    """(d): the textbook consumer — paho auto-ack, one INSERT + COMMIT per message."""
+
+    def __init__(self, settings, url, root, client_id):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.url, self.root = url, root
+        self.n, self.first, self.last = 0, None, 0.0
+        self.subscribed = threading.Event()
+        self.conn = psycopg.connect(url)
+        self.ids = {}
+        for h in range(HOUSEHOLDS):
+            self.ids[f"B{h:04d}"] = self.conn.execute(
+                "INSERT INTO sensor (key, metric, protocol, device_id) VALUES (%s, 'room_temp', 'mqtt', 'naive') "
+                "ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key RETURNING id",
+                (f"naive:B{h:04d}:living:room_temp",)).fetchone()[0]
+        self.conn.commit()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.c.on_message = self._on_message
+        self.c.on_connect = lambda cl, *a: cl.subscribe(f"{root}/room/+/+/state", qos=1)
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.props = Properties(PacketTypes.CONNECT)
+        self.props.SessionExpiryInterval = 600
+        self.host, self.port, _ = parse_broker_url(settings.mqtt_url)
+
+    def _on_message(self, client, userdata, msg):
+        if self.first is None:
+            self.first = time.perf_counter()
+        doc = orjson.loads(msg.payload)
+        self.conn.execute("INSERT INTO readings (time, sensor_id, value) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                          (datetime.fromisoformat(doc["ts"]), self.ids[msg.topic.split("/")[-3]], doc["temp"]))
+        self.conn.commit()
+        self.n += 1
+        self.last = time.perf_counter()
+
+    def is_subscribed(self) -> bool:
+        return self.subscribed.is_set()
+
+    def start(self) -> None:
+        self.c.connect(self.host, self.port, clean_start=False, properties=self.props)
+        self.c.loop_start()
+
+    def stop(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def _phase_naive(settings, url, root, n) -> dict:
+    cid = f"{settings.mqtt_client_id}-naive"
+    consumers: list[_Naive] = []
+
+    def make():
+        consumers.append(_Naive(settings, url, root, cid))
+        return consumers[-1]
+
+    c, sent, pub_rate = _backlog(settings, root, 20_000_000, n, make)
+    c.start()
+    _wait(lambda: c.n >= sent, 300)
+    c.stop()
+    for x in consumers:
+        x.conn.close()
+    return {"n": c.n, "sent": sent, "per_s": c.n / (c.last - c.first), "publisher_per_s": pub_rate}
+
+
+def _config(root: str):
+    return parse_devices(DEVICES.replace("ROOT", root))
+
+
+def _wait(cond, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: condition not met in {timeout} s")
+        time.sleep(0.01)
+
+
+def _modbus() -> tuple[float | None, str]:
+    try:
+        mod = importlib.import_module("heatdesk.bench.modbus")
+    except ModuleNotFoundError:
+        return None, "heatdesk.bench.modbus is not available in this build"
+    fn = getattr(mod, "measure_polls_per_s", None)
+    if fn is None:
+        return None, "heatdesk.bench.modbus has no measure_polls_per_s()"
+    try:
+        return float(fn()), "heatdesk.bench.modbus.measure_polls_per_s()"
+    except Exception as e:   # another module's benchmark failing must not lose our figures
+        log.exception("modbus bench failed")
+        return None, f"heatdesk.bench.modbus.measure_polls_per_s() failed: {e}"
+
+
+# -------------------------------------------------------------------------------------------------
+
+def run(args) -> dict:
+    n = int(getattr(args, "n", None) or 100_000)
+    duration = getattr(args, "duration", None)
+    n_naive = min(n, 3000)
+    quiet = bool(getattr(args, "json", False))
+    base = get_settings()
+    server = getattr(args, "database_url", None) or base.database_url or "postgresql://postgres@127.0.0.1:5432/postgres"
+    broker = None
+    if base.mqtt_url:
+        mqtt_url = base.mqtt_url
+    else:
+        broker = PrivateBroker(Path(tempfile.mkdtemp(prefix="hdbench-mqtt-")))
+        broker.start()
+        mqtt_url = broker.url
+    dbname = f"hd_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    url = ensure_database(server, dbname)
+    root = f"hdbench/{uuid.uuid4().hex[:10]}"
+    client = f"hdbench-{uuid.uuid4().hex[:6]}"
+    settings = Settings(database_url=url, mqtt_url=mqtt_url, mqtt_client_id=client, data_dir=base.data_dir,
+                        mqtt_session_expiry_s=600)
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, flush=True)
+
+    try:
+        apply_schema(url)
+        say(f"ingest bench: n={n}, broker {mqtt_url}, database {dbname}, {os.cpu_count()} CPU(s)")
+        a = _phase_protocol(settings.model_copy(update={"mqtt_client_id": client + "-a"}), root + "/a", n)
+        say(f"(a) protocol ceiling  {a['per_s']:>10.0f} readings/s  (paho QoS 1, manual ack, no database; "
+            f"publisher {a['publisher_per_s']:.0f}/s)")
+        b = _phase_db(url, settings, n)
+        say(f"(b) database ceiling  {b['per_s']:>10.0f} readings/s  (COPY binary + ON CONFLICT; replay of the "
+            f"same rows {b['replay_per_s']:.0f}/s, {b['inserted_replay']} inserted)")
+        with psycopg.connect(url) as c:
+            c.execute("TRUNCATE readings, readings_dirty, ingest_counter")
+        c_ = _phase_end_to_end(settings.model_copy(update={"mqtt_client_id": client + "-c"}), url, root + "/c", n,
+                               duration)
+        say(f"(c) end to end        {c_['per_s']:>10.0f} readings/s  (MQTT QoS 1 → commit → ack; "
+            f"{c_['batches']} commits, lost {c_['lost']}, duplicated {c_['duplicated']})")
+        d = _phase_naive(settings, url, root + "/d", n_naive)
+        say(f"(d) naive per-message {d['per_s']:>10.0f} readings/s  (INSERT + COMMIT per message, n={n_naive})")
+        polls, polls_note = _modbus()
+        say(f"modbus polls/s: {polls if polls is not None else 'n/a'} ({polls_note})")
+    finally:
+        for cid in (f"{client}-a-bench", f"{client}-c-bench", f"{client}-naive"):
+            try:
+                _forget(mqtt_url, cid)
+            except OSError:
+                pass
+        drop_database(server, dbname)
+        if broker is not None:
+            broker.stop()
+    ceiling = min(a["per_s"], b["per_s"])
+    rss = c_["rss_mb"]
+    half = len(rss) // 2
+    result = {
+        "n": n, "n_naive": n_naive, "cpus": os.cpu_count(), "broker": mqtt_url,
+        "protocol_ceiling_per_s": round(a["per_s"]),
+        "db_ceiling_per_s": round(b["per_s"]),
+        "db_replay_same_rows_per_s": round(b["replay_per_s"]),
+        "end_to_end_per_s": round(c_["per_s"]),
+        "naive_per_s": round(d["per_s"]),
+        "ratio_end_to_end_vs_ceiling": round(c_["per_s"] / ceiling, 3),
+        "ratio_end_to_end_vs_naive": round(c_["per_s"] / d["per_s"], 1),
+        "publisher_per_s": round(c_["publisher_per_s"]), "end_to_end_live": c_["live"],
+        "sent": c_["sent"], "stored": c_["n"], "lost": c_["lost"], "duplicated": c_["duplicated"],
+        "rss_mb_samples": rss,
+        "rss_mb_first_half_max": max(rss[:half]) if half else None,
+        "rss_mb_second_half_max": max(rss[half:]) if rss else None,
+        "modbus_polls_per_s": polls, "modbus_note": polls_note,
+    }
+    if c_["live"]:
+        result["note"] = ("--duration: (c) ran live, sharing the CPU with the publisher, while (a) drained a "
+                          "backlog; c/min(a,b) is not a like-for-like ratio in this mode (use it for memory)")
+        say(result["note"])
+    say(f"ratios: c/min(a,b) = {result['ratio_end_to_end_vs_ceiling']:.2f} (target ≥ 0.70), "
+        f"c/d = {result['ratio_end_to_end_vs_naive']:.1f} (target ≥ 10); RSS {rss[0] if rss else '?'} → "
+        f"{rss[-1] if rss else '?'} MB")
+    return result
