@@ -3,7 +3,7 @@
 Formats (topic root from ``HEATDESK_TOPIC_ROOT``, default ``heatdesk``):
 
 - A ``{root}/room/{household}/{room}/state``  ``{"temp": 21.4, "ts": "2026-11-23T08:00:00+08:00", "bat": 87}``
-- B ``{root}/gw/{household}/up``  ``{"dev": "gw-…", "data": [{"room": "living", "t": 1763856000000, "v": 214}, …]}``
+- B ``{root}/gw/{household}/up``  ``{"dev": "gw-…", "data": [{"room": "living", "t": 1795392000000, "v": 214}, …]}``
   (℃ × 10 as integers, epoch milliseconds; in backfill a gateway uploads an hour of samples per message, as
   Weifang's collectors do — R16: sample every 20 min, upload hourly)
 - C ``{root}/raw/{household}/{room}/temperature``  ``"70.7"`` (℉, no timestamp: ingest uses arrival time, so C is
