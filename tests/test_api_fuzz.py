@@ -78,10 +78,8 @@ import pytest  # noqa: E402
 
 #: Routes of other modules that still answer 5xx to junk (reported to their owners). Strict: when the
 #: owner fixes it the XPASS fails, and the entry must go.
-KNOWN_5XX = {
-    "/households/{household_id}/dunning/preview":
-        "dunning: as_of=0 parses as 1970-01-01 → analytics PolicyError → 500 (bound as_of in api/routes/dunning.py)",
-}
+#: routes known to answer 5xx to junk values (strict xfail: the entry must go when fixed)
+KNOWN_5XX: dict[str, str] = {}
 
 
 def _cases():

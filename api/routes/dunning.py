@@ -12,7 +12,9 @@ from pydantic import BaseModel, Field
 from api.auth import User
 from api.deps import Conn, get_cipher, log_pii_access, require_household_access, require_scopes
 from api.errors import ApiError
+from analytics.policy import PolicyError as AnalyticsPolicyError
 from dunning import cutoff, instalments, job, ledger, store
+from dunning.policy import PolicyError as DunningPolicyError
 from notify import outbox
 
 router = APIRouter(tags=["dunning"])
@@ -27,10 +29,14 @@ AsOf = Annotated[date | None, Query(description="local day YYYY-MM-DD (default t
 def preview(household_id: int, conn: Conn, user: Reader, as_of: AsOf = None) -> dict:
     scope = require_household_access(conn, user, household_id)
     day = as_of or store.today()
+    if not date(2000, 1, 1) <= day <= date.today().replace(year=date.today().year + 1):
+        raise ApiError(422, "validation_error", f"as_of {day} is outside 2000-01-01 … one year ahead")
     try:
         snap, d, checks = job.preview(conn, store.company_code(conn, scope["company_id"]), household_id, day)
     except LookupError:
         raise ApiError(404, "not_found", "no bill for this household and season") from None
+    except (AnalyticsPolicyError, DunningPolicyError) as e:  # no regional policy in force that day (C1)
+        raise ApiError(422, "validation_error", f"no policy in force on {day}: {e}") from None
     return {"household_id": household_id, "as_of": day, "season": d.season, "action": d.action,
             "reasons": list(d.reasons), "step": d.step, "template": d.template, "channel": d.channel,
             "amount_asked": d.amount_asked, "refund_adjust": d.refund_adjust, "late_fee": d.late_fee,

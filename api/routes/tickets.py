@@ -342,11 +342,13 @@ def reply(ticket_id: TicketId, body: TextIn, conn: Conn, user: Writer) -> dict:
 
 
 @router.post("/tickets/{ticket_id}/attachments", status_code=201, summary="Upload a photo, audio or signature image")
-async def upload(ticket_id: TicketId, conn: Conn, user: CurrentUser,
+def upload(ticket_id: TicketId, conn: Conn, user: CurrentUser,
                  file: Annotated[UploadFile, File()],
                  kind: Annotated[Literal["photo", "audio", "signature", "document"], Form()] = "photo") -> dict:
     _worker(user, _access(conn, user, ticket_id))
-    data = await file.read(_READ_CAP + 1)
+    # a plain `def` handler: FastAPI runs it in the thread pool, so the database calls below never
+    # block the event loop; UploadFile's spooled file is read synchronously here
+    data = file.file.read(_READ_CAP + 1)
     if len(data) > _READ_CAP:
         raise ApiError(413, "validation_error", f"attachment larger than {_READ_CAP} bytes")
     with _errors():
