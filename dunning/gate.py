@@ -56,6 +56,7 @@ class Snapshot:
     open_low_temp_ticket_ids: tuple[int, ...] = ()      # active complaint with low_temperature, or 测温
     open_temp_test_ticket_id: int | None = None
     dispute_refs: tuple[str, ...] = ()                   # 'ticket:12', 'dunning_dispute:3'
+    open_incident_ticket_ids: tuple[int, ...] = ()       # open substation outage incidents linking the household
     # situation
     hardship_until: dt.date | None = None                # in force on as_of (R38), else None
     deferral_until: dt.date | None = None                # 缓缴 in force on as_of
@@ -129,6 +130,7 @@ def decide(snap: Snapshot, policy: DunningPolicy, as_of: dt.date) -> Decision:
         "refund": {"days": snap.refund_days, "amount": str(refund_adjust),
                    "provisional_amount": str(yuan(snap.provisional_refund))},
         "tickets": list(snap.open_low_temp_ticket_ids), "disputes": list(snap.dispute_refs),
+        "incidents": list(snap.open_incident_ticket_ids),
     }
 
     def out(action: str, reasons: list[str], step: Step | None = None, **kw) -> Decision:
@@ -158,6 +160,10 @@ def decide(snap: Snapshot, policy: DunningPolicy, as_of: dt.date) -> Decision:
         hold.append("open_low_temp_complaint")
     if snap.dispute_refs:
         hold.append("open_dispute")
+    if heated and snap.open_incident_ticket_ids:
+        # the supplier's own outage is under way (R25): reminding now invites a complaint, and the
+        # stoppage days are still to be refunded; the incident closes only after temperatures recover
+        hold.append("open_outage_incident")
     if step.consequence and snap.extreme_cold_today and policy.extreme_cold_blocks_consequence:
         hold.append("extreme_cold")
     if hold:

@@ -124,6 +124,11 @@ def load_snapshots(conn, ctx: RunContext, ids: list[int]) -> tuple[list[Snapshot
                 temp_test.setdefault(hid, tid)
         if cat in DISPUTE_CATEGORIES or (status == "escalated_external" and (low or ttype == "temp_test")):
             disputes[hid].append(f"ticket:{tid}")
+    incidents: dict[int, list[int]] = defaultdict(list)
+    for hid, tid in q("""SELECT th.household_id, t.id FROM ticket_household th JOIN ticket t ON t.id = th.ticket_id
+                          WHERE th.household_id = ANY(%s) AND t.type = 'incident' AND t.status = ANY(%s)
+                          ORDER BY t.id""", (ids, sorted(ACTIVE))):
+        incidents[hid].append(tid)
     pauses: dict[int, list[tuple[dt.date, dt.date | None]]] = defaultdict(list)
     for hid, did, opened, resolved in q("""SELECT household_id, id, opened_on, resolved_on FROM dunning_dispute
                                            WHERE household_id = ANY(%s) AND season = %s AND opened_on <= %s""",
@@ -235,7 +240,8 @@ def load_snapshots(conn, ctx: RunContext, ids: list[int]) -> tuple[list[Snapshot
             refund_amount=rf.amount if rf else Decimal("0.00"),
             provisional_refund=rf.provisional_amount if rf else Decimal("0.00"),
             open_low_temp_ticket_ids=tuple(low_temp.get(hid, ())), open_temp_test_ticket_id=temp_test.get(hid),
-            dispute_refs=tuple(disputes.get(hid, ())), hardship_until=hardship.get(hid),
+            dispute_refs=tuple(disputes.get(hid, ())), open_incident_ticket_ids=tuple(incidents.get(hid, ())),
+            hardship_until=hardship.get(hid),
             deferral_until=deferral.get(hid), instalment_plan_id=plans[hid][0] if hid in plans else None,
             instalment_on_track=plans[hid][1] if hid in plans else None, sent_steps=dict(sent.get(hid, {})),
             last_notice_on=last.get(hid), failed_channels={k: frozenset(v) for k, v in failed.get(hid, {}).items()}, formal_delivered_on=f[0], formal_proof=f[1], formal_outbox_id=f[2],
