@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from api.auth import STAFF_ROLES, create_user
 from core.config import Settings
-from core.db import drop_database
+from core.db import clone_database, drop_database
 from core.pii import FieldCipher, store_contact
 
 FIELD_KEY = "11" * 16 + "22" * 16
@@ -47,15 +47,6 @@ class City:
 def password(username: str) -> str:
     return f"pw-{username}-123"
 
-
-def _clone(server_url: str, template: str, name: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(server_url)
-    with psycopg.connect(make_conninfo(**{**params, "dbname": "postgres"}), autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            psycopg.sql.Identifier(name), psycopg.sql.Identifier(template)))
-    return make_conninfo(**{**params, "dbname": name})
 
 
 def seed_city(url: str, *, now: datetime | None = None) -> City:
@@ -183,7 +174,7 @@ def api_city(pg_server_url, template_db):
         yield _SHARED[template_db]
         return
     name = f"hd_api_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = _clone(pg_server_url, template_db, name)
+    url = clone_database(pg_server_url, template_db, name)
     _SHARED[template_db] = city = seed_city(url)
     yield city
     _SHARED.pop(template_db, None)

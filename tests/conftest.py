@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from core.broker import PrivateBroker
-from core.db import apply_schema, drop_database, ensure_database
+from core.db import apply_schema, clone_database, drop_database, ensure_database
 from core.pgserver import PrivatePostgres
 from tests.helpers import wait_for  # noqa: F401  (re-exported for tests)
 
@@ -66,7 +66,7 @@ def template_db(pg_server_url):
 def db_url(pg_server_url, template_db):
     """One database for the whole session (tests that use it must use unique codes/keys)."""
     name = f"hd_s_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = _clone(pg_server_url, template_db, name)
+    url = clone_database(pg_server_url, template_db, name)
     yield url
     drop_database(pg_server_url, name)
 
@@ -75,19 +75,10 @@ def db_url(pg_server_url, template_db):
 def fresh_db_url(pg_server_url, template_db):
     """An empty database with the schema, just for this test."""
     name = f"hd_t_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    url = _clone(pg_server_url, template_db, name)
+    url = clone_database(pg_server_url, template_db, name)
     yield url
     drop_database(pg_server_url, name)
 
-
-def _clone(server_url: str, template: str, name: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(server_url)
-    with psycopg.connect(make_conninfo(**{**params, "dbname": "postgres"}), autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            psycopg.sql.Identifier(name), psycopg.sql.Identifier(template)))
-    return make_conninfo(**{**params, "dbname": name})
 
 
 @pytest.fixture

@@ -44,24 +44,11 @@ import numpy as np
 
 from core.config import PROJECT_ROOT
 from core.pii import FieldCipher, new_key_hex, store_contact
+from heatdesk.bench.common import server_url
 
 TZ = dt.timezone(dt.timedelta(hours=8))
 
 
-def _server_url(args) -> tuple[str, object | None]:
-    from core.db import connect
-
-    if getattr(args, "database_url", None):
-        return args.database_url, None
-    url = "postgresql://postgres@127.0.0.1:5432/postgres"
-    try:
-        with connect(url, connect_timeout=3):
-            return url, None
-    except Exception:  # noqa: BLE001 — any failure means "no local server": start a private one
-        from core.pgserver import PrivatePostgres
-        server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="hd-bench-api-pg-")))
-        server.start()
-        return server.url, server
 
 
 def _free_port() -> int:
@@ -201,9 +188,9 @@ def run(args) -> dict:
     now = dt.datetime.now(dt.timezone.utc)
     logging.getLogger("httpx").setLevel(logging.WARNING)     # one line per request would drown the figures
 
-    server_url, private = _server_url(args)
+    admin_url, private = server_url(args, prefix='hd-bench-api-pg-')
     name = f"hd_bench_api_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = ensure_database(server_url, name)
+    url = ensure_database(admin_url, name)
     proc = None
     try:
         apply_schema(url)
@@ -243,7 +230,7 @@ def run(args) -> dict:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        drop_database(server_url, name)
+        drop_database(admin_url, name)
         if private is not None:
             private.destroy()
     result = {

@@ -36,6 +36,7 @@ import numpy as np
 
 from analytics import compliance as C
 from analytics.policy import resolve_policy
+from heatdesk.bench.common import server_url
 
 TZ = dt.timezone(dt.timedelta(hours=8))
 SEASON_START = dt.date(2025, 11, 15)
@@ -223,23 +224,6 @@ def bench_baseline(households: int, days: int, chunk: int = 4) -> dict:
 # ------------------------------------------------------------------------------------- database
 
 
-def _server_url(args) -> tuple[str, object | None]:
-    from core.db import connect
-
-    if getattr(args, "database_url", None):
-        return args.database_url, None
-    url = "postgresql://postgres@127.0.0.1:5432/postgres"
-    try:
-        with connect(url, connect_timeout=3):
-            return url, None
-    except Exception:  # noqa: BLE001 — any failure means "no local server": start a private one
-        import tempfile
-        from pathlib import Path
-
-        from core.pgserver import PrivatePostgres
-        server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="hd-bench-pg-")))
-        server.start()
-        return server.url, server
 
 
 def _seed_site(conn, households: int) -> None:
@@ -300,9 +284,9 @@ def bench_db(args, rows: int, households: int, db_workers: int = 2) -> dict:
     from analytics.job import run_compliance
     from core.db import apply_schema, connect, drop_database, ensure_database
 
-    server_url, private = _server_url(args)
+    admin_url, private = server_url(args, prefix='hd-bench-pg-')
     name = f"hd_bench_compliance_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = ensure_database(server_url, name)
+    url = ensure_database(admin_url, name)
     try:
         apply_schema(url)
         rng = np.random.default_rng(3)
@@ -343,7 +327,7 @@ def bench_db(args, rows: int, households: int, db_workers: int = 2) -> dict:
                 "curve_days": span, "curve_p50_ms": float(np.percentile(lat, 50)),
                 "curve_p95_ms": float(np.percentile(lat, 95))}
     finally:
-        drop_database(server_url, name)
+        drop_database(admin_url, name)
         if private is not None:
             private.destroy()
 

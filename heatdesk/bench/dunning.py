@@ -17,25 +17,12 @@ import uuid
 import psycopg
 
 from core.db import apply_schema, connect, drop_database, ensure_database
+from heatdesk.bench.common import server_url
 
 TZ = dt.timezone(dt.timedelta(hours=8))
 DUE = dt.date(2026, 12, 31)
 
 
-def _server_url(args) -> tuple[str, object | None]:
-    if getattr(args, "database_url", None):
-        return args.database_url, None
-    url = "postgresql://postgres@127.0.0.1:5432/postgres"
-    try:
-        with connect(url, connect_timeout=3):
-            return url, None
-    except psycopg.OperationalError:        # no local server: start a private one
-        from pathlib import Path
-        import tempfile
-        from core.pgserver import PrivatePostgres
-        server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="hd-bench-pg-")))
-        server.start()
-        return server.url, server
 
 
 def seed(conn, n: int) -> None:
@@ -101,9 +88,9 @@ def seed(conn, n: int) -> None:
 def run(args) -> dict:
     from dunning import job
     n = getattr(args, "accounts", None) or getattr(args, "n", None) or 100_000
-    server_url, private = _server_url(args)
+    admin_url, private = server_url(args, prefix='hd-bench-pg-')
     name = f"hd_bench_dunning_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = ensure_database(server_url, name)
+    url = ensure_database(admin_url, name)
     try:
         apply_schema(url)
         with connect(url) as conn:
@@ -120,7 +107,7 @@ def run(args) -> dict:
             rerun_s = time.perf_counter() - t0
             outbox = conn.execute("SELECT count(*) FROM notify_outbox").fetchone()[0]
     finally:
-        drop_database(server_url, name)
+        drop_database(admin_url, name)
         if private is not None:
             private.destroy()
     result = {"accounts": s.accounts, "seconds": round(seconds, 2), "sent": s.actions.get("send", 0)
