@@ -82,6 +82,10 @@ def _payload(i: int) -> tuple[str, bytes]:
 # -------------------------------------------------------------------------------------------------
 # The publisher process
 
+#: publishes in flight at most (below the 65535 MQTT packet-id space)
+MAX_OUTSTANDING = 40_000
+
+
 def _publisher(url: str, root: str, first: int, n: int, duration: float | None, sent, rate, ready, go) -> None:
     import paho.mqtt.client as mqtt
 
@@ -103,6 +107,9 @@ def _publisher(url: str, root: str, first: int, n: int, duration: float | None, 
         topic, body = _payload(i)
         infos.append(c.publish(f"{root}/{topic}", body, qos=1))
         i += 1
+        if len(infos) > MAX_OUTSTANDING and not duration:
+            # MQTT message ids wrap at 65535: a wrapped id must never meet one still un-acked
+            infos[-MAX_OUTSTANDING].wait_for_publish(60)
         if duration and len(infos) >= 2000:          # live mode: keep the client's memory bounded
             infos[-1].wait_for_publish(60)
             sent.value += sum(1 for x in infos if x.is_published())
