@@ -91,7 +91,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     up.add_argument("--seed", type=int, default=7, help="city generator seed")
     up.add_argument("--households", type=int, default=None, help="size of the simulated city")
     up.add_argument("--backfill-days", type=float, default=3, help="publish this many past days on start")
-    up.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
+    up.add_argument("--speed", type=float, default=60.0,
+                    help="simulated seconds per real second for live data: thermometers sample every 20 simulated "
+                         "minutes, so 60 gives a reading every 20 s; live timestamps stay wall-clock (the physics "
+                         "runs faster), history with its own timestamps comes from --backfill-days")
     up.add_argument("--port", type=int, default=None, help="API port (default 8080 or a free one)")
     up.add_argument("--scenario", default=None, help="scenario file for the simulators")
     up.add_argument("--no-simulators", action="store_true", help="real devices only")
