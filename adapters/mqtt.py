@@ -38,9 +38,12 @@ from adapters.payload import MAX_REJECT_PAYLOAD, SubscriptionDecoder, decoders_f
 
 log = logging.getLogger(__name__)
 
-#: MQTT 5 maximum. The broker may send this many QoS 1 messages before our first PUBACK; ingest
-#: bounds its own memory separately (IngestService.max_unacked) and applies backpressure.
-RECEIVE_MAXIMUM = 65535
+#: QoS 1 messages the broker may send before our PUBACKs: four 5 000-row batches, enough to keep a
+#: batch committing while the next fills. Deliberately well below the MQTT 5 maximum (65 535): the
+#: window is also the queue a PINGRESP waits behind, and with ingest's lanes bounded at 100 000 a
+#: reconnect's redeliveries on top of held originals must never fill them and block on_message inside
+#: paho's network loop (keep-alive timeouts under sustained overload, docs/ingest.md).
+RECEIVE_MAXIMUM = 20_000
 KEEPALIVE_S = 30
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
