@@ -146,3 +146,18 @@ def test_refund_clock_only_for_customer_low_temperature():
     auto = _ticket("temp_test", "2026-12-10 10:00") | {"channel": "auto"}
     assert refund_clock(auto, POL(), L("2026-12-12 10:00")) is None
     assert refund_clock(_ticket("temp_test", "2026-12-10 10:00"), POL(), L("2026-12-12 10:00")) is not None
+
+
+@pytest.mark.parametrize("region", [None, "tianjin", "luoyang", "ningxia", "weihai"])
+def test_every_level_the_checker_can_raise_has_recipients(region):
+    """warning, breach and every rung of the ladder name who hears about them (ticketing.notifications)."""
+    from ticketing.policy import sla_notify_levels
+
+    pol = policy_for(region, "HD", date(2026, 12, 10))
+    levels = sla_notify_levels(pol)
+    assert list(levels) == ["warning", "breach"] + [s["level"] for s in pol["sla"]["escalation"]]
+    assert levels["warning"].to == ("assignee",)
+    assert levels["breach"].to == ("assignee", "station:team_lead")
+    assert {lv: levels[lv].to for lv in ("team_lead", "station_head", "service_center")} == {
+        "team_lead": ("station:team_lead",), "station_head": ("station:station_head",),
+        "service_center": ("company:supervisor",)}

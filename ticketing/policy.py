@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -85,6 +86,71 @@ def company_policy(conn, company_id: int | None, day: date) -> dict:
         return policy_for(None, None, day)
     row = conn.execute("SELECT region_code, code FROM company WHERE id = %s", (company_id,)).fetchone()
     return policy_for(row[0], row[1], day) if row else policy_for(None, None, day)
+
+
+#: technician.role values (schema.sql CHECK): what ``station:<role>`` may name
+TECHNICIAN_ROLES = ("technician", "team_lead", "station_head")
+#: levels raised by the SLA job besides the escalation ladder (ticketing/sla.py)
+SLA_BASE_LEVELS = ("warning", "breach")
+_STAFF_ROLE = re.compile(r"^[a-z_]+$")
+
+
+@dataclass(frozen=True)
+class SlaLevelNotify:
+    """Who hears about one SLA level, how it is called in messages, and with which template."""
+    level: str
+    label: str
+    template: str
+    to: tuple[str, ...]
+
+
+def sla_notify_levels(policy: dict) -> dict[str, SlaLevelNotify]:
+    """The validated ``sla.notify.levels`` of a merged policy, one entry per level the job can raise.
+
+    Validated as a whole, up front, because a ladder level without an entry (say a company adds a
+    fourth rung) or a misspelt role would otherwise mean an escalation that quietly reaches nobody.
+    Raises PolicyError naming the key.
+    """
+    from notify.outbox import CHANNELS
+
+    cfg = policy["sla"].get("notify")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("levels"), dict):
+        raise PolicyError("sla.notify.levels: missing (who is told about SLA warnings, breaches, escalations)")
+    if cfg.get("channel") not in CHANNELS:
+        raise PolicyError(f"sla.notify.channel: {cfg.get('channel')!r} is not one of {CHANNELS}")
+    addresses = cfg.get("addresses") or {}
+    needed = list(SLA_BASE_LEVELS) + [s["level"] for s in policy["sla"]["escalation"]]
+    out: dict[str, SlaLevelNotify] = {}
+    for level in needed:
+        where = f"sla.notify.levels.{level}"
+        spec = cfg["levels"].get(level)
+        if not isinstance(spec, dict):
+            raise PolicyError(f"{where}: missing; every SLA level needs recipients ({', '.join(needed)})")
+        to = spec.get("to")
+        if not isinstance(to, list) or not to:
+            raise PolicyError(f"{where}.to: needs a non-empty list of recipient roles")
+        for role in to:
+            _check_role(str(role), addresses, f"{where}.to")
+        if not spec.get("template"):
+            raise PolicyError(f"{where}.template: missing")
+        out[level] = SlaLevelNotify(level, str(spec.get("label") or level), str(spec["template"]),
+                                    tuple(str(r) for r in to))
+    return out
+
+
+def _check_role(role: str, addresses: dict, where: str) -> None:
+    kind, _, arg = role.partition(":")
+    if kind == "assignee" and not arg:
+        return
+    if kind == "station" and arg in TECHNICIAN_ROLES:
+        return
+    if kind == "company" and _STAFF_ROLE.match(arg):
+        return
+    if kind == "address" and arg in addresses:
+        return
+    raise PolicyError(f"{where}: unknown recipient role {role!r}; expected assignee, "
+                      f"station:<{'|'.join(TECHNICIAN_ROLES)}>, company:<app role> "
+                      f"or address:<one of {sorted(addresses)}>")
 
 
 def local_day(at: datetime) -> date:

@@ -11,7 +11,8 @@ Clocks start at ``reported_at`` (what the customer experiences, R27) and run on 
 heating season, working hours off season. Pause codes (customer_absent, entry_refused) stop every clock
 between the ``pause`` and ``resume`` events. After a dissatisfied 回访 the arrive/resolve clocks restart at
 the reopening (二次派单). Warnings fire at ``warn_share`` of a clock; a breach escalates along the ladder
-(班长 team_lead → 站长 station_head → 客服中心 service_center) by elapsed share.
+(班长 team_lead → 站长 station_head → 客服中心 service_center) by elapsed share; the holders of each raised
+level are told through the outbox (ticketing.notifications.on_sla_level, recipients per ``sla.notify``).
 
 Nothing here reads the wall clock or the database except `run_sla_checks` (the scheduled job).
 """
@@ -316,14 +317,21 @@ def refund_clock(ticket: dict, policy: dict, now: datetime) -> RefundClock | Non
 
 def run_sla_checks(conn, now: datetime, *, batch: int = 2000) -> dict:
     """Raise each warning / breach / escalation level once per ticket and clock (ticket_sla_notice),
-    auditing it as a ticket event. Idempotent: run it every minute from the scheduler."""
+    auditing it as a ticket event and telling the people who hold the level (ticketing.notifications →
+    notify outbox), all in the caller's transaction: a rollback drops the notice and its messages
+    together, and a rerun finds the notice and sends nothing twice. Idempotent: run it every minute.
+
+    Summary: tickets looked at, levels raised (warning / breach / escalations), ``notifications`` queued,
+    ``unheld`` roles that nobody held when their level was raised (recorded on the event), deemed_late.
+    """
     from psycopg.rows import dict_row
 
     from core.config import get_settings
     from ticketing.model import ACTIVE
 
     tz = ZoneInfo(get_settings().timezone)
-    summary = {"tickets": 0, "warning": 0, "breach": 0, "escalations": 0, "deemed_late": 0}
+    summary = {"tickets": 0, "warning": 0, "breach": 0, "escalations": 0, "notifications": 0, "unheld": 0,
+               "deemed_late": 0}
     policies: dict = {}
     after = 0
     while True:                                   # keyset batches over every active ticket
@@ -344,14 +352,28 @@ def run_sla_checks(conn, now: datetime, *, batch: int = 2000) -> dict:
         _check_batch(conn, tickets, events_by, policies, summary, now, tz)
 
 
+def _policy(conn, policies: dict, company_id: int | None, day: date) -> dict:
+    """Merged policy per (company, reporting day), validated once: a level without recipients must stop
+    the job loudly rather than be raised and heard by nobody."""
+    from ticketing.policy import company_policy, sla_notify_levels
+
+    key = (company_id, day)
+    pol = policies.get(key)
+    if pol is None:
+        pol = company_policy(conn, company_id, day)
+        sla_notify_levels(pol)
+        policies[key] = pol
+    return pol
+
+
 def _check_batch(conn, tickets, events_by, policies, summary, now, tz) -> None:
-    from ticketing.policy import company_policy
+    from ticketing import notifications
     from ticketing.store import add_event
 
     for t in tickets:
         summary["tickets"] += 1
-        key = (t["company_id"], t["reported_at"].astimezone(tz).date())
-        pol = policies.get(key) or policies.setdefault(key, company_policy(conn, key[0], key[1]))
+        pol = _policy(conn, policies, t["company_id"], t["reported_at"].astimezone(tz).date())
+        staff_view = None                         # loaded on the ticket's first raised level only
         for st in ticket_clocks(t, events_by[t["id"]], pol, now, tz):
             levels = []
             if st.warn and st.status in ("warning", "breached"):
@@ -370,12 +392,19 @@ def _check_batch(conn, tickets, events_by, policies, summary, now, tz) -> None:
                                    (t["id"], st.name, level, now)).fetchone()
                 if row is None:
                     continue
+                if staff_view is None:
+                    staff_view = notifications.load_sla_ticket(conn, t["id"])
+                notice = notifications.on_sla_level(conn, staff_view, clock=st.name, level=level, elapsed=st.elapsed,
+                                                    limit=st.limit, due_at=st.due_at, policy=pol, now=now, tz=tz)
                 action = {"warning": "sla_warning", "breach": "sla_breach"}.get(level, "sla_escalate")
                 add_event(conn, t["id"], at=now, actor="sla", action=action, from_status=t["status"],
                           to_status=t["status"], data={"clock": st.name, "level": level,
                                                        "elapsed_minutes": round(st.elapsed.total_seconds() / 60, 1),
-                                                       "limit_minutes": st.limit.total_seconds() / 60})
+                                                       "limit_minutes": st.limit.total_seconds() / 60,
+                                                       **notice.as_event_data()})
                 summary["warning" if level == "warning" else "breach" if level == "breach" else "escalations"] += 1
+                summary["notifications"] += notice.queued
+                summary["unheld"] += len(notice.unheld)
 
 
 def _deem_late(conn, ticket: dict, now: datetime) -> int:
