@@ -19,8 +19,10 @@ import hashlib
 import io
 import json
 import logging
+import threading
+import time
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -63,12 +65,47 @@ def _local_days(start: dt.datetime, end: dt.datetime, tz: ZoneInfo) -> tuple[dt.
     return a, b
 
 
+class SharedSeriesCache:
+    """The substation's supply/return and the outdoor series of a curve, shared between requests.
+
+    Every household a substation serves (hundreds) shows the same two secondary series and the same
+    outdoor series beside its own; aggregating them is most of a curve's database work. A screen that
+    agents open while the phone rings can take them up to ``ttl_s`` old (the household's own series is
+    always read fresh). Evidence packs never use this: their hashes must be of what the database holds.
+    Thread-safe (the API runs handlers in a thread pool); bounded by ``max_entries``.
+    """
+
+    def __init__(self, ttl_s: float = 30.0, max_entries: int = 4096):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._items: dict[tuple, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] > now:
+                self.hits += 1
+                return hit[1]
+        value = compute()               # outside the lock: two computing the same key is harmless
+        with self._lock:
+            self.misses += 1
+            if len(self._items) >= self.max_entries:
+                for k in [k for k, (exp, _v) in self._items.items() if exp <= now] or list(self._items)[:len(self._items) // 4]:
+                    self._items.pop(k, None)
+            self._items[key] = (now + self.ttl_s, value)
+        return value
+
+
 def household_curve(conn: psycopg.Connection, household_id: int, start: dt.datetime, end: dt.datetime, *,
                     bucket_s: int | None = None, table: PolicyTable | None = None, tz: str | None = None,
-                    max_days: int = MAX_CURVE_DAYS) -> dict[str, Any]:
+                    max_days: int = MAX_CURVE_DAYS, shared: SharedSeriesCache | None = None) -> dict[str, Any]:
     """Evidence curve of a household over [start, end) (aware datetimes). See the module docstring.
 
-    Raises EvidenceError for an unknown household, an inverted range or one longer than ``max_days``.
+    ``shared``: take the substation and outdoor series from this cache (see SharedSeriesCache) — for
+    interactive screens only. Raises EvidenceError for an unknown household, an inverted range or one
+    longer than ``max_days``.
     """
     if start.tzinfo is None or end.tzinfo is None:
         raise EvidenceError("start and end must be timezone-aware")
@@ -102,17 +139,27 @@ def household_curve(conn: psycopg.Connection, household_id: int, start: dt.datet
             continue
         s["mean"][k], s["min"][k], s["max"][k], s["n"][k] = round(mean, 3), round(mn, 3), round(mx, 3), cnt
 
-    sub = {m: [None] * n for m in SECONDARY_METRICS}
-    for metric, bucket, mean, _mn, _mx, _cnt in Q.substation_buckets(conn, ctx["substation_id"], SECONDARY_METRICS,
-                                                                     start, end, b, origin):
-        k = index.get(bucket)
-        if k is not None:
-            sub[metric][k] = round(mean, 3)
-    outdoor = [None] * n
-    for bucket, mean in Q.outdoor_buckets(conn, ctx["substation_id"], ctx["station_code"], start, end, b, origin):
-        k = index.get(bucket)
-        if k is not None:
-            outdoor[k] = round(mean, 3)
+    def network_series() -> tuple[dict[str, list], list]:
+        sub = {m: [None] * n for m in SECONDARY_METRICS}
+        for metric, bucket, mean, _mn, _mx, _cnt in Q.substation_buckets(conn, ctx["substation_id"], SECONDARY_METRICS,
+                                                                         start, end, b, origin):
+            k = index.get(bucket)
+            if k is not None:
+                sub[metric][k] = round(mean, 3)
+        outdoor = [None] * n
+        for bucket, mean in Q.outdoor_buckets(conn, ctx["substation_id"], ctx["station_code"], start, end, b, origin):
+            k = index.get(bucket)
+            if k is not None:
+                outdoor[k] = round(mean, 3)
+        return sub, outdoor
+
+    if shared is None:
+        sub, outdoor = network_series()
+    else:
+        cached_sub, cached_outdoor = shared.get(
+            ("network", ctx["substation_id"], ctx["station_code"], b, first, n), network_series)
+        # copies: gap blanking below edits the lists, and the cached ones are shared
+        sub, outdoor = {m: list(v) for m, v in cached_sub.items()}, list(cached_outdoor)
 
     devices = sorted({d for r in rooms for d in r["device_ids"]})
     rooms_of_device: dict[str, list[dict]] = {}

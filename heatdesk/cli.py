@@ -119,6 +119,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     bench.add_argument("--households", type=int, default=None)
     bench.add_argument("--accounts", type=int, default=None)
     bench.add_argument("--concurrency", type=int, default=50)
+    bench.add_argument("--think-ms", type=float, default=None,
+                       help="api: mean think time between a client's requests (default 1000; 0 = closed loop)")
+    bench.add_argument("--keep-db", action="store_true",
+                       help="api: keep the built city database and reuse it (12 h) on the next run")
     bench.set_defaults(func=_cmd_bench)
 
     missing = []

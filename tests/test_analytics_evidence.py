@@ -6,8 +6,8 @@ import datetime as dt
 import psycopg
 import pytest
 
-from analytics.evidence import (EvidenceError, build_pack, canonical_samples, choose_bucket, household_curve,
-                                render_curve, verify_pack_hash)
+from analytics.evidence import (EvidenceError, SharedSeriesCache, build_pack, canonical_samples, choose_bucket,
+                                household_curve, render_curve, verify_pack_hash)
 from analytics.job import run_compliance
 from tests.test_analytics_support import add_household, add_substation_sensor, day_series, local, make_site, write_series
 
@@ -65,6 +65,40 @@ def test_curve_has_gaps_as_none_and_day_verdicts(curve_db):
     assert c["policy"]["code"] == "tianjin" and "R19" in c["policy"]["citation"]
     import orjson
     orjson.dumps(c)   # JSON-able
+
+
+def test_shared_series_cache_gives_the_same_curve_and_is_not_edited_by_gaps(curve_db):
+    conn, site, hid = curve_db
+    start, end = local(D1), local(D2 + dt.timedelta(days=1))
+    plain = household_curve(conn, hid, start, end, bucket_s=1800)
+    # a substation outage blanks the substation series of this curve only
+    conn.execute("INSERT INTO device_gap (device_id, started_at, ended_at, reason) VALUES (%s, %s, %s, 'offline')",
+                 (f"{site.prefix}-S01", local(D2, 0), local(D2, 60)))
+    cache = SharedSeriesCache(ttl_s=60)
+    first = household_curve(conn, hid, start, end, bucket_s=1800, shared=cache)
+    second = household_curve(conn, hid, start, end, bucket_s=1800, shared=cache)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert first == second and first["rooms"] == plain["rooms"] and first["outdoor"] == plain["outdoor"]
+    assert first["substation"]["supply_temp_2"][48:50] == [None, None]               # blanked in the answer …
+    assert plain["substation"]["supply_temp_2"][48] == 55.0
+    cached_sub, _outdoor = next(iter(cache._items.values()))[1]
+    assert cached_sub["supply_temp_2"] == plain["substation"]["supply_temp_2"]      # … not in the cache
+    conn.rollback()
+
+
+def test_shared_series_cache_expires_and_stays_bounded(monkeypatch):
+    import analytics.evidence as ev
+    clock = [1000.0]
+    monkeypatch.setattr(ev.time, "monotonic", lambda: clock[0])
+    cache = SharedSeriesCache(ttl_s=30, max_entries=4)
+    calls = []
+    assert cache.get(("a",), lambda: calls.append(1) or "x") == "x"
+    assert cache.get(("a",), lambda: calls.append(1) or "y") == "x"
+    clock[0] += 31
+    assert cache.get(("a",), lambda: calls.append(1) or "z") == "z" and len(calls) == 2
+    for k in range(10):
+        cache.get((k,), lambda: k)
+    assert len(cache._items) <= 4
 
 
 @pytest.mark.parametrize("start, end, message", [

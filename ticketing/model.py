@@ -121,6 +121,7 @@ class CreateResult:
     no: str
     merged_into: int | None = None     # the open ticket this call was linked to, if a duplicate
     urge_count: int = 0
+    ticket: dict | None = field(default=None, compare=False, repr=False)   # the new row, when at hand
 
     @property
     def is_duplicate(self) -> bool:

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import Response
 
 from analytics.diagnosis import diagnose_household
-from analytics.evidence import EvidenceError, build_pack, household_curve, render_curve, verify_pack_hash
+from analytics.evidence import (EvidenceError, SharedSeriesCache, build_pack, household_curve, render_curve,
+                                verify_pack_hash)
 from api.auth import User
 from api.deps import Conn, bounded_range, cached_json, require_household_access, require_scopes
 from api.errors import ApiError
@@ -32,6 +33,14 @@ def _lang(request: Request, lang: str | None) -> str | None:
     return "en" if request.headers.get("accept-language", "").lower().startswith("en") else "zh"
 
 
+def _series_cache(request: Request) -> SharedSeriesCache:
+    """One per app: the substation/outdoor series shared by the households of a substation (≤ 30 s old)."""
+    cache = getattr(request.app.state, "series_cache", None)
+    if cache is None:
+        cache = request.app.state.series_cache = SharedSeriesCache(ttl_s=30.0)
+    return cache
+
+
 @router.get("/households/{household_id}/curve",
             summary="Room temperature curve: per room mean/min/max, outdoor, substation supply/return, verdicts")
 def curve(request: Request, household_id: int, conn: Conn, user: CurveReader, start: From = None, end: To = None,
@@ -41,7 +50,8 @@ def curve(request: Request, household_id: int, conn: Conn, user: CurveReader, st
     require_household_access(conn, user, household_id)
     rng = bounded_range(start, end, max_days=MAX_CURVE_DAYS)
     try:
-        data = household_curve(conn, household_id, rng.start, rng.end, bucket_s=bucket)
+        data = household_curve(conn, household_id, rng.start, rng.end, bucket_s=bucket,
+                               shared=_series_cache(request))
     except EvidenceError as exc:
         raise ApiError(422, "validation_error", str(exc)) from exc
     if format == "json":

@@ -116,7 +116,7 @@ def create_ticket(body: TicketIn, conn: Conn, user: CurrentUser) -> dict:
         require_substation_access(conn, user, loc["substation_id"])
     with _errors():
         res = store.create_ticket(conn, actor=user.username, now=_now(), **body.model_dump())
-        t = store.get_ticket(conn, res.ticket_id)
+        t = res.ticket if res.ticket is not None else store.get_ticket(conn, res.ticket_id)
     return {"ticket": t, "duplicate_of": res.merged_into, "urge_count": res.urge_count}
 
 

@@ -1,29 +1,35 @@
-"""Benchmark: the API under concurrent clients — screen pop, evidence curve, ticket creation.
+"""Benchmark: the API under 50 concurrent clients — screen pop, evidence curve, ticket creation.
 
 What it does, in one run:
 
-1. Creates a scratch database (on ``--database-url``'s server, else the local 5432 server, else a
-   private PostgreSQL) with the schema, one company/branch/substation, ``--households`` households
-   (default 200) × 2 rooms with encrypted contacts (core.pii), ``--rows`` room readings (default
-   100 000, 5-minute samples spread over the last days) and ``--n`` pre-existing tickets (default 200,
-   through ticketing.store so numbering and duplicate rules are the real ones).
+1. Builds the bench city (heatdesk/bench/api_city.py, set-based in PostgreSQL): ``--households``
+   (default 2 000) with encrypted contacts, 2 room thermometers each, substation points, ``--rows``
+   readings over 7 days (default 1 M), 7 days of verdicts, bills and payments, ``--n`` tickets over a
+   year (default 20 000). The issue's scale is
+   ``--households 100000 --rows 100000000 --n 1000000`` (about 10 min to build here); ``--keep-db``
+   keeps the built database (named after the shape) and reuses it for 12 h, so a second run starts at once.
 2. Starts the API as a subprocess (``python -m uvicorn api.app:create_app --factory``; the bench never
-   imports api) with a fresh field key and token secret, and demo users (``python -m api.bootstrap``
-   with HEATDESK_DEMO=1), and logs in as the agent.
-3. Drives ``--concurrency`` (default 50) httpx async clients; each endpoint gets its own timed phase
-   of ``max(200, 4 × concurrency)`` requests:
-   - screen pop ``GET /screenpop?phone=…`` (blind-index lookup + card),
-   - curve ``GET /households/{id}/curve`` (7 days, JSON),
-   - ticket creation ``POST /tickets``.
+   imports api) with the bench's field key, a fresh token secret and the demo users, logs in as the
+   agent (scoped to branch 1, so object-level authorisation is in every request's path).
+3. For each endpoint — screen pop ``GET /screenpop?phone=…``, curve ``GET /households/{id}/curve``
+   (7 days, JSON), ``POST /tickets`` — two phases with ``--concurrency`` clients (default 50):
+
+   - **paced** (the headline keys): each client is an agent who sends a request, reads the answer and
+     waits a think time (exponential, mean ``--think-ms``, default 1 000 ms) before the next — the
+     issue's "50 concurrent clients" as 50 people at their consoles;
+   - **saturation**: the same clients with no think time (a closed loop that keeps the server 100 %
+     busy); its latency is mostly queueing (≈ clients ÷ throughput) and says how much headroom there is.
+
    Latency is measured per request on the client (send → full body), so it includes queueing in
-   the server; p50/p95/p99 in ms, plus throughput and non-2xx counts (which are reported, not hidden).
+   the server; p50/p95/p99 in ms, throughput and non-2xx counts (reported, not hidden).
 
     heatdesk bench api --json
-    heatdesk bench api --households 2000 --rows 2000000 --concurrency 50 --json
+    heatdesk bench api --households 100000 --rows 100000000 --n 1000000 --keep-db --json
 
-Keys: screen_pop_p95_ms, ticket_create_p95_ms, curve_p95_ms, concurrency (and the p50/p99, rps,
-errors of each phase, uvicorn_workers, cpu_count and the 1-minute load average at the end — the
-figures mean little on a busy machine). ``HEATDESK_BENCH_API_WORKERS=2`` runs uvicorn with 2 workers.
+Keys: screen_pop_p95_ms, ticket_create_p95_ms, curve_p95_ms (paced), concurrency, think_ms, the p50/p99
+and rps of each phase, the same under ``saturation``, the city's size, uvicorn_workers, cpu_count and the
+1-minute load average at the end (the figures mean little on a busy machine).
+``HEATDESK_BENCH_API_WORKERS=2`` runs uvicorn with 2 workers.
 """
 from __future__ import annotations
 
@@ -43,74 +49,17 @@ import httpx
 import numpy as np
 
 from core.config import PROJECT_ROOT
-from core.pii import FieldCipher, new_key_hex, store_contact
+from core.pii import new_key_hex
+from heatdesk.bench import api_city
 from heatdesk.bench.common import server_url
 
-TZ = dt.timezone(dt.timedelta(hours=8))
-
-
+log = logging.getLogger(__name__)
+KEEP_FOR = dt.timedelta(hours=12)
 
 
 def _free_port() -> int:
     from core.pgserver import free_port
     return free_port()
-
-
-def seed(url: str, key_hex: str, households: int, rows: int, tickets: int, now: dt.datetime) -> list[dict]:
-    """The bench city; returns [{id, phone}] of the households."""
-    from core.db import connect
-    from ticketing import store
-
-    cipher = FieldCipher(key_hex)
-    rng = random.Random(11)
-    out = []
-    with connect(url) as conn:
-        q = conn.execute
-        q("INSERT INTO weather_station (code, name, design_outdoor_temp_c) VALUES ('TJ', '天津', -7.0)")
-        q("INSERT INTO company (code, name, region_code) VALUES ('HD', '滨海热力', 'tianjin')")
-        q("INSERT INTO branch (company_id, code, name) VALUES (1, 'B1', '滨海新区分公司')")
-        q("INSERT INTO substation (branch_id, code, name, weather_station_code) VALUES (1, 'S01', '一号站', 'TJ')")
-        q("INSERT INTO community (substation_id, code, name) VALUES (1, 'S01-C1', '海景花园')")
-        per_unit = 24
-        n_units = (households + per_unit - 1) // per_unit
-        q("INSERT INTO building (community_id, code, name, floors) VALUES (1, 'S01-C1-B01', '1号楼', 12)")
-        for u in range(1, n_units + 1):
-            q("INSERT INTO unit (building_id, code, name) VALUES (1, %s, %s)", (f"S01-C1-B01-U{u}", f"{u}单元"))
-        sensor_ids = []
-        for i in range(households):
-            unit, k = i // per_unit + 1, i % per_unit
-            floor, door = k // 2 + 1, k % 2 + 1
-            hid = q("""INSERT INTO household (unit_id, code, floor, area_m2) VALUES (%s, %s, %s, %s) RETURNING id""",
-                    (unit, f"01010{unit:02d}{floor:02d}{door}", floor, round(rng.uniform(50, 140), 2))).fetchone()[0]
-            phone = f"139{rng.randrange(10 ** 8):08d}"
-            store_contact(conn, cipher, hid, "王" + "伟芳娜敏静丽强磊"[i % 8], phone,
-                          f"天津市滨海新区海景花园1号楼{unit}单元{floor}{door:02d}")
-            for code, rtype in (("living", "living_room"), ("bedroom1", "bedroom")):
-                rid = q("""INSERT INTO room (household_id, code, room_type, area_m2, counts_for_compliance)
-                           VALUES (%s, %s, %s, 15, true) RETURNING id""", (hid, code, rtype)).fetchone()[0]
-                sid = q("""INSERT INTO sensor (key, metric, unit, protocol, device_id, household_id, room_id)
-                           VALUES (%s, 'room_temp', '℃', 'mqtt', %s, %s, %s) RETURNING id""",
-                        (f"room:{hid}:{code}:room_temp", f"therm-{hid}", hid, rid)).fetchone()[0]
-                sensor_ids.append(sid)
-            out.append({"id": hid, "phone": phone})
-        per_sensor = max(1, rows // len(sensor_ids))
-        step = 300
-        t_end = now.timestamp()
-        np_rng = np.random.default_rng(5)
-        with conn.cursor().copy("COPY readings (time, sensor_id, value, quality) FROM STDIN") as cp:
-            for sid in sensor_ids:
-                vals = 18.5 + np_rng.normal(0, 0.8, per_sensor)
-                for j in range(per_sensor):
-                    cp.write_row((dt.datetime.fromtimestamp(t_end - (per_sensor - j) * step, TZ), sid,
-                                  float(vals[j]), 0))
-        conn.commit()
-        for j in range(tickets):
-            h = out[j % len(out)]
-            store.create_ticket(conn, type=rng.choice(["repair", "complaint", "inquiry"]), channel="phone",
-                                actor="bench", now=now - dt.timedelta(hours=rng.uniform(1, 72)),
-                                household_id=h["id"], description="bench")
-        conn.commit()
-    return out
 
 
 def _pct(lat: list[float]) -> dict:
@@ -121,108 +70,162 @@ def _pct(lat: list[float]) -> dict:
             "p99_ms": round(float(np.percentile(a, 99)), 2)}
 
 
-async def _phase(client: httpx.AsyncClient, concurrency: int, requests: list) -> dict:
-    """Run (method, url, json) requests with ``concurrency`` workers; per-request client latency."""
+async def _request(client: httpx.AsyncClient, req: tuple, lat: list[float], errors: dict[str, int]) -> None:
+    method, url, body = req
+    t0 = time.perf_counter()
+    try:
+        resp = await client.request(method, url, json=body)
+        await resp.aread()
+        ok = 200 <= resp.status_code < 300
+        key = str(resp.status_code)
+    except httpx.HTTPError as exc:
+        ok, key = False, type(exc).__name__
+    if ok:
+        lat.append(time.perf_counter() - t0)
+    else:
+        errors[key] = errors.get(key, 0) + 1
+
+
+async def _phase(client: httpx.AsyncClient, concurrency: int, requests: list, think_s: float, seed: int) -> dict:
+    """``concurrency`` clients share ``requests`` (method, url, json); each waits an exponential think time
+    of mean ``think_s`` before each request (0 → closed loop, no wait). Per-request client latency."""
     queue: asyncio.Queue = asyncio.Queue()
     for r in requests:
         queue.put_nowait(r)
     lat: list[float] = []
     errors: dict[str, int] = {}
 
-    async def worker():
+    async def agent(k: int) -> None:
+        rng = random.Random(seed * 1000 + k)
         while True:
+            if think_s > 0:
+                await asyncio.sleep(rng.expovariate(1 / think_s))
             try:
-                method, url, body = queue.get_nowait()
+                req = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            t0 = time.perf_counter()
-            try:
-                resp = await client.request(method, url, json=body)
-                await resp.aread()
-                ok = 200 <= resp.status_code < 300
-                key = str(resp.status_code)
-            except httpx.HTTPError as exc:
-                ok, key = False, type(exc).__name__
-            dt_s = time.perf_counter() - t0
-            if ok:
-                lat.append(dt_s)
-            else:
-                errors[key] = errors.get(key, 0) + 1
+            await _request(client, req, lat, errors)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(agent(k) for k in range(concurrency)))
     wall = time.perf_counter() - t0
     return {**_pct(lat), "requests": len(requests), "ok": len(lat), "errors": errors,
             "rps": round(len(lat) / wall, 1) if wall > 0 else None}
 
 
-async def _drive(base: str, token: str, households: list[dict], concurrency: int, per_phase: int) -> dict:
+def _requests(households: list[int], n: int, rng: random.Random) -> dict[str, list]:
+    return {
+        "screen_pop": [("GET", f"/screenpop?phone={api_city.phone_of(rng.choice(households))}", None)
+                       for _ in range(n)],
+        "curve": [("GET", f"/households/{rng.choice(households)}/curve", None) for _ in range(n)],
+        "ticket_create": [("POST", "/tickets", {"type": "inquiry", "channel": "phone",
+                                                 "household_id": rng.choice(households), "description": "bench 咨询"})
+                          for _ in range(n)],
+    }
+
+
+async def _drive(base: str, token: str, households: list[int], concurrency: int, per_client: int,
+                 think_s: float) -> dict:
     rng = random.Random(3)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits,
                                  timeout=60) as client:
-        # warm-up: one of each, outside the timings
-        h = households[0]
-        for method, url, body in (("GET", f"/screenpop?phone={h['phone']}", None),
-                                  ("GET", f"/households/{h['id']}/curve", None)):
-            (await client.request(method, url, json=body)).raise_for_status()
-        pop = [("GET", f"/screenpop?phone={rng.choice(households)['phone']}", None) for _ in range(per_phase)]
-        curve = [("GET", f"/households/{rng.choice(households)['id']}/curve", None) for _ in range(per_phase)]
-        create = [("POST", "/tickets", {"type": "inquiry", "channel": "phone", "household_id": rng.choice(households)["id"],
-                                        "description": "bench 咨询"}) for _ in range(per_phase)]
-        return {"screen_pop": await _phase(client, concurrency, pop),
-                "curve": await _phase(client, concurrency, curve),
-                "ticket_create": await _phase(client, concurrency, create)}
+        # warm-up: a few of each, outside the timings (first-request imports, plan caches)
+        warm = _requests(households, 5, rng)
+        for reqs in warm.values():
+            for req in reqs:
+                (await client.request(*req[:2], json=req[2])).raise_for_status()
+        n = concurrency * per_client
+        paced, saturated = _requests(households, n, rng), _requests(households, max(200, 4 * concurrency), rng)
+        out: dict = {"paced": {}, "saturation": {}}
+        for i, name in enumerate(paced):
+            out["paced"][name] = await _phase(client, concurrency, paced[name], think_s, seed=i)
+            out["saturation"][name] = await _phase(client, concurrency, saturated[name], 0.0, seed=i)
+        return out
 
 
-def run(args) -> dict:
+def _branch_of(household_id: int) -> int:
+    unit = 1 + (household_id - 1) // api_city.PER_UNIT
+    building = 1 + (unit - 1) // api_city.UNITS_PER_BUILDING
+    substation = 1 + (building - 1) // api_city.BUILDINGS_PER_SUBSTATION
+    return 1 + (substation - 1) % api_city.BRANCHES
+
+
+def _city(admin_url: str, shape: api_city.CityShape, keep: bool) -> tuple[str, str, str, float, bool]:
+    """(database name, url, field key, build seconds, reused?) — a kept city when asked and fresh."""
     from core.db import apply_schema, drop_database, ensure_database
 
-    households = getattr(args, "households", None) or 200
-    rows = getattr(args, "rows", None) or 100_000
-    tickets = getattr(args, "n", None) or 200
-    concurrency = getattr(args, "concurrency", None) or 50
-    per_phase = max(200, 4 * concurrency)
-    # uvicorn worker processes (the CLI has no flag for it): HEATDESK_BENCH_API_WORKERS, default 1
-    workers = int(os.environ.get("HEATDESK_BENCH_API_WORKERS", "1"))
-    now = dt.datetime.now(dt.timezone.utc)
-    logging.getLogger("httpx").setLevel(logging.WARNING)     # one line per request would drown the figures
-
-    admin_url, private = server_url(args, prefix='hd-bench-api-pg-')
-    name = f"hd_bench_api_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    if keep:
+        name = f"hd_bench_api_keep_h{shape.households}_r{shape.readings}_t{shape.tickets}"
+        kept = api_city.find_kept(admin_url, name, KEEP_FOR)
+        if kept is not None:
+            apply_schema(kept["url"])          # a newer schema.sql is applied like on a real upgrade
+            return name, kept["url"], kept["key_hex"], 0.0, True
+        drop_database(admin_url, name)
+    else:
+        name = f"hd_bench_api_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     url = ensure_database(admin_url, name)
-    proc = None
-    try:
-        apply_schema(url)
-        key_hex, secret = new_key_hex(), os.urandom(32).hex()
-        t0 = time.perf_counter()
-        hh = seed(url, key_hex, households, rows, tickets, now)
-        seed_s = time.perf_counter() - t0
-        env = dict(os.environ, HEATDESK_DATABASE_URL=url, HEATDESK_FIELD_KEY_HEX=key_hex,
-                   HEATDESK_TOKEN_SECRET=secret, HEATDESK_DEMO="1", HEATDESK_API_POOL_MAX="16")
-        env.pop("HEATDESK_ADMIN_PASSWORD", None)
-        subprocess.run([sys.executable, "-m", "api.bootstrap"], cwd=PROJECT_ROOT, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        port = _free_port()
-        log = open(Path(tempfile.gettempdir()) / f"hd-bench-api-{port}.log", "wb")
+    apply_schema(url)
+    key_hex = new_key_hex()
+    t0 = time.perf_counter()
+    now = dt.datetime.now(dt.timezone.utc)
+    api_city.build(url, key_hex, shape, now)
+    if keep:
+        api_city.mark_complete(url, key_hex, now)
+    return name, url, key_hex, time.perf_counter() - t0, False
+
+
+def _start_api(url: str, key_hex: str, workers: int) -> tuple[subprocess.Popen, str, Path]:
+    env = dict(os.environ, HEATDESK_DATABASE_URL=url, HEATDESK_FIELD_KEY_HEX=key_hex,
+               HEATDESK_TOKEN_SECRET=os.urandom(32).hex(), HEATDESK_DEMO="1", HEATDESK_API_POOL_MAX="16")
+    env.pop("HEATDESK_ADMIN_PASSWORD", None)
+    subprocess.run([sys.executable, "-m", "api.bootstrap"], cwd=PROJECT_ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    port = _free_port()
+    log_path = Path(tempfile.gettempdir()) / f"hd-bench-api-{port}.log"
+    with open(log_path, "wb") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
                                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                                  "--no-access-log", "--workers", str(workers)],
-                                cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the API did not become ready; see {log.name}")
-            time.sleep(0.2)
+                                cwd=PROJECT_ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return proc, base, log_path
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the API did not become ready; see {log_path}")
+        time.sleep(0.2)
+
+
+def run(args) -> dict:
+    from core.db import drop_database
+
+    shape = api_city.CityShape(households=getattr(args, "households", None) or 2_000,
+                               readings=getattr(args, "rows", None) or 1_000_000,
+                               tickets=getattr(args, "n", None) or 20_000)
+    concurrency = getattr(args, "concurrency", None) or 50
+    think_s = (getattr(args, "think_ms", None) if getattr(args, "think_ms", None) is not None else 1000) / 1000
+    keep = bool(getattr(args, "keep_db", False))
+    per_client = 10
+    # uvicorn worker processes (the CLI has no flag for it): HEATDESK_BENCH_API_WORKERS, default 1
+    workers = int(os.environ.get("HEATDESK_BENCH_API_WORKERS", "1"))
+    logging.getLogger("httpx").setLevel(logging.WARNING)     # one line per request would drown the figures
+
+    admin_url, private = server_url(args, prefix='hd-bench-api-pg-')
+    name = None
+    proc = None
+    try:
+        name, url, key_hex, build_s, reused = _city(admin_url, shape, keep)
+        proc, base, _log = _start_api(url, key_hex, workers)
         r = httpx.post(base + "/auth/login", json={"username": "agent", "password": "heatdesk-agent"}, timeout=10)
         r.raise_for_status()
-        phases = asyncio.run(_drive(base, r.json()["access_token"], hh, concurrency, per_phase))
+        mine = [h for h in range(1, shape.households + 1) if _branch_of(h) == 1]
+        phases = asyncio.run(_drive(base, r.json()["access_token"], mine, concurrency, per_client, think_s))
     finally:
         if proc is not None:
             proc.terminate()
@@ -230,24 +233,26 @@ def run(args) -> dict:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        drop_database(admin_url, name)
+        if name is not None and not keep:
+            drop_database(admin_url, name)
         if private is not None:
             private.destroy()
+    paced, sat = phases["paced"], phases["saturation"]
     result = {
-        "concurrency": concurrency, "households": households, "readings": rows, "preloaded_tickets": tickets,
-        "requests_per_phase": per_phase, "seed_s": round(seed_s, 1), "uvicorn_workers": workers,
+        "concurrency": concurrency, "think_ms": round(think_s * 1000), "households": shape.households,
+        "readings": shape.readings, "preloaded_tickets": shape.tickets, "city_build_s": round(build_s, 1),
+        "city_reused": reused, "requests_per_paced_phase": concurrency * per_client, "uvicorn_workers": workers,
         "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-        "screen_pop_p50_ms": phases["screen_pop"]["p50_ms"], "screen_pop_p95_ms": phases["screen_pop"]["p95_ms"],
-        "screen_pop_p99_ms": phases["screen_pop"]["p99_ms"],
-        "curve_p50_ms": phases["curve"]["p50_ms"], "curve_p95_ms": phases["curve"]["p95_ms"],
-        "curve_p99_ms": phases["curve"]["p99_ms"],
-        "ticket_create_p50_ms": phases["ticket_create"]["p50_ms"],
-        "ticket_create_p95_ms": phases["ticket_create"]["p95_ms"],
-        "ticket_create_p99_ms": phases["ticket_create"]["p99_ms"],
-        "phases": phases,
     }
+    for key, phase in (("screen_pop", "screen_pop"), ("curve", "curve"), ("ticket_create", "ticket_create")):
+        for pct in ("p50_ms", "p95_ms", "p99_ms"):
+            result[f"{key}_{pct}"] = paced[phase][pct]
+        result[f"{key}_rps"] = paced[phase]["rps"]
+    result["saturation"] = {f"{k}_{m}": v[m] for k, v in sat.items() for m in ("p50_ms", "p95_ms", "p99_ms", "rps")}
+    result["phases"] = phases
     if not getattr(args, "json", False):
-        for k, v in phases.items():
-            print(f"{k:14s} p50 {v['p50_ms']} ms  p95 {v['p95_ms']} ms  p99 {v['p99_ms']} ms  "
-                  f"{v['rps']} req/s  ok {v['ok']}/{v['requests']}  errors {v['errors'] or '-'}")
+        for mode, group in phases.items():
+            for k, v in group.items():
+                print(f"{mode:10s} {k:14s} p50 {v['p50_ms']} ms  p95 {v['p95_ms']} ms  p99 {v['p99_ms']} ms  "
+                      f"{v['rps']} req/s  ok {v['ok']}/{v['requests']}  errors {v['errors'] or '-'}")
     return result
