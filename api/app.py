@@ -182,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         url = _resolve_database_url(settings)
         pool = make_pool(url, min_size=2, max_size=int(os.environ.get("HEATDESK_API_POOL_MAX", "16")),
-                         name="heatdesk-api", open=False)
+                         name="heatdesk-api", open=False, cheap_check=True)
         pool.open(wait=False)
         app.state.pool = pool
         admin_password = os.environ.get("HEATDESK_ADMIN_PASSWORD")
