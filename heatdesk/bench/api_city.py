@@ -235,7 +235,7 @@ def _tickets(conn, shape: CityShape, now: dt.datetime) -> None:
         last = min(shape.tickets, first + chunk - 1)
         _timed(conn, f"tickets {first}–{last}", """
             WITH g AS (
-                SELECT i, 1 + (i * 7907) %% %(n)s AS hid, %(now)s - make_interval(secs => (i * 31.7) %% 31536000) AS at,
+                SELECT i, 1 + (i::bigint * 7907) %% %(n)s AS hid, %(now)s - make_interval(secs => (i * 31.7) %% 31536000) AS at,
                        (ARRAY['repair','complaint','inquiry','repair','inquiry','temp_test'])[1 + i %% 6] AS type,
                        CASE WHEN i %% 33 = 0 THEN (ARRAY['new','dispatched','accepted'])[1 + i %% 3] ELSE 'closed' END
                            AS status
