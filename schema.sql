@@ -759,6 +759,29 @@ CREATE TABLE IF NOT EXISTS dunning_decision (
 CREATE INDEX IF NOT EXISTS dunning_decision_household_idx ON dunning_decision (household_id, season, as_of);
 CREATE INDEX IF NOT EXISTS dunning_decision_run_idx ON dunning_decision (run_id, household_id);
 
+-- Instalment reminders sent (R32; instalments.reminder_lead_days in dunning/policy.yaml): 'due' before a
+-- part falls due, 'missed' in its grace days before the plan breaks. One row per part, kind and channel:
+-- a rerun inserts nothing, a failed delivery (outbox status) lets the next channel be tried. The
+-- outbox row is the evidence copy (template version, delivery status, R39).
+CREATE TABLE IF NOT EXISTS dunning_instalment_notice (
+    id            bigserial PRIMARY KEY,
+    plan_id       bigint NOT NULL,
+    seq           integer NOT NULL,
+    kind          text NOT NULL CHECK (kind IN ('due', 'missed')),
+    household_id  integer NOT NULL REFERENCES household(id),
+    run_id        bigint REFERENCES dunning_run(id),
+    as_of         date NOT NULL,
+    channel       text NOT NULL,
+    template      text NOT NULL,
+    unpaid        numeric(12,2) NOT NULL,                 -- 元 of the part still open when the notice went
+    pay_by        date NOT NULL,
+    outbox_id     bigint NOT NULL REFERENCES notify_outbox(id),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    FOREIGN KEY (plan_id, seq) REFERENCES dunning_instalment (plan_id, seq),
+    UNIQUE (plan_id, seq, kind, channel)
+);
+CREATE INDEX IF NOT EXISTS dunning_instalment_notice_household_idx ON dunning_instalment_notice (household_id);
+
 -- Cut-off (限热/停热) PROPOSALS for human approval only (R36): never executed by code.
 CREATE TABLE IF NOT EXISTS dunning_cutoff_proposal (
     id            bigserial PRIMARY KEY,

@@ -10,12 +10,16 @@ ticketing's temperature tests produce — are refunded; IoT days only raise susp
 maps a day to the measured temperature (℃), whose tier then applies, or to None to use the IoT
 statistic of that day. Trigger hours (R27: Tianjin 24 h, Luoyang/Ningxia 48 h) are applied by
 ticketing when it confirms days; this module does not second-guess them.
+
+Stoppage days (R25) come from :func:`stoppage_for_households`, one set-based query for any number of
+households: ``refund_for_household`` asks for one, dunning's batch run for 5 000 at a time, so the
+single-household statement and the batch statement see the same days and multipliers.
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import psycopg
 
@@ -96,8 +100,11 @@ def refund_statement(*, household_id: int, policy: Policy, season_start: dt.date
     if not policy.refund_tiers:
         notes.append(f"policy {policy.code} v{policy.version} has no refund tier table: temperature refunds are 0.")
     lines: list[RefundLine] = []
-    d = season_start
-    while d <= season_end:
+    # only days with an input can refund anything; walking all ~120 season days per household cost a
+    # 100 k-household dunning batch most of its refund time
+    for d in sorted(set(by_day) | set(confirmed) | set(stoppage)):
+        if not season_start <= d <= season_end:
+            continue
         rows = by_day.get(d, [])
         nc = [r for r in rows if r["status"] == "non_compliant"]
         temp: RefundLine | None = None
@@ -131,7 +138,6 @@ def refund_statement(*, household_id: int, policy: Policy, season_start: dt.date
                 best = cand                       # R24: the larger refund, never both
         if best is not None and best.amount > 0:
             lines.append(best)
-        d += dt.timedelta(days=1)
     return RefundStatement(household_id=household_id, policy=f"{policy.code} v{policy.version}",
                            season_start=season_start, season_end=season_end, statutory_days=days_n,
                            refund_base=policy.refund_base, base_amount=round(base, 2), daily_fee=round(daily_fee, 6),
@@ -151,15 +157,36 @@ def _area_factor(policy: Policy, nc_rooms: list[dict], household_area_m2: float)
     return min(1.0, sum(_room_area(r, household_area_m2) for r in nc_rooms) / household_area_m2)
 
 
+#: R25 refund multiplier of a stoppage day: the day's fee once. The regional 2× rules (Yinchuan/Ningxia,
+#: after > 72 h continuous or > 7 days cumulative) are not in the policy table yet; callers with such a
+#: rule pass their own ``stoppage`` mapping to :func:`refund_statement`.
+STOPPAGE_MULTIPLIER = 1.0
+
+
+def stoppage_for_households(conn: psycopg.Connection, household_ids: Sequence[int], day_from: dt.date,
+                            day_to: dt.date, tz: str = "Asia/Shanghai") -> dict[int, dict[dt.date, float]]:
+    """household → {local day: stoppage multiplier} for days in [day_from, day_to] with a supplier-side
+    outage incident open (queries.stoppage_days_many). Households without one are absent.
+
+    The single place that turns incident tickets into R25 stoppage days, for one household or a batch.
+    ``day_to`` bounds an incident still open: pass the evaluation day, not the season end, when the
+    statement must not run ahead of today.
+    """
+    return {hid: {d: STOPPAGE_MULTIPLIER for d in days}
+            for hid, days in Q.stoppage_days_many(conn, household_ids, day_from, day_to, tz).items()}
+
+
 def refund_for_household(conn: psycopg.Connection, household_id: int, season_year: int, *, season_fee: float,
                          confirmed: Mapping[dt.date, float | None] | set[dt.date] | None = None,
                          stoppage: Mapping[dt.date, float] | None = None, base_fee: float = 0.0,
                          metered_fee: float | None = None, table: PolicyTable | None = None,
-                         tz: str = "Asia/Shanghai") -> RefundStatement:
+                         tz: str = "Asia/Shanghai", as_of: dt.date | None = None) -> RefundStatement:
     """Load compliance_day for the statutory season starting in ``season_year`` and build the statement.
 
     ``season_fee`` (and ``base_fee`` / ``metered_fee``) come from dunning's bill. When ``stoppage`` is
-    None, days with an open supplier-side incident ticket count once (multiplier 1.0).
+    None, days with a supplier-side incident ticket count once (:func:`stoppage_for_households`); an
+    incident still open counts up to ``as_of`` (default: the season end, as before ``as_of`` existed).
+    ``as_of`` bounds only the stoppage days: compliance_day holds no rows for days not yet evaluated.
     """
     table = table or default_table()
     ctx = Q.household_context(conn, household_id)
@@ -170,10 +197,12 @@ def refund_for_household(conn: psycopg.Connection, household_id: int, season_yea
     policy = table.resolve(ctx["region_code"], start)
     rows = store.room_days(conn, household_id, start, end)
     if stoppage is None:
-        stoppage = {d: 1.0 for d in Q.stoppage_days(conn, household_id, start, end, tz)}
+        upto = end if as_of is None else min(as_of, end)
+        stoppage = stoppage_for_households(conn, [household_id], start, upto, tz).get(household_id, {})
     return refund_statement(household_id=household_id, policy=policy, season_start=start, season_end=end,
                             season_fee=season_fee, room_days=rows, household_area_m2=ctx["area_m2"],
                             confirmed=confirmed, stoppage=stoppage, base_fee=base_fee, metered_fee=metered_fee)
 
 
-__all__ = ["refund_statement", "refund_for_household", "RefundStatement", "RefundLine"]
+__all__ = ["refund_statement", "refund_for_household", "stoppage_for_households", "STOPPAGE_MULTIPLIER",
+           "RefundStatement", "RefundLine"]

@@ -55,6 +55,8 @@ def cmd_run(args) -> int:
                 print(f"  {reason:<30}{n:>8}")
             print(f"  测温 tickets opened: {s.tickets_opened}   cut-off proposals: {s.cutoff_proposals}   "
                   f"refund lines: {s.refund_lines}")
+            if s.instalment_notices:
+                print("  instalment reminders: " + ", ".join(f"{k} {n}" for k, n in sorted(s.instalment_notices.items())))
     return 0
 
 

@@ -18,6 +18,8 @@ Order of precedence (each rule cites domain.md):
 6. hardship (R38): consequence steps are skipped, others go out with gentle wording, no 违约金 → ``soften``.
 7. otherwise ``send`` on the first channel the household has an address for and that has not
    already failed for this step (a failed delivery is no notice; the next channel is tried).
+
+The holds of 3. are :func:`hold_reasons`, which instalment reminders (instalments.notice_for) share.
 """
 from __future__ import annotations
 
@@ -62,6 +64,10 @@ class Snapshot:
     deferral_until: dt.date | None = None                # 缓缴 in force on as_of
     instalment_plan_id: int | None = None
     instalment_on_track: bool | None = None              # None: no active plan
+    instalment_parts: tuple[tuple[int, dt.date, Decimal], ...] = ()   # active plan: (seq, due date, 元)
+    instalment_paid: Decimal = ZERO                      # paid since the plan started (covers parts in order)
+    instalment_notices_sent: frozenset[tuple[int, str]] = frozenset()  # (seq, 'due'|'missed') not failed
+    instalment_failed_channels: dict[tuple[int, str], frozenset[str]] = field(default_factory=dict)
     # ladder history (non-dry-run sends)
     sent_steps: dict[str, dt.date] = field(default_factory=dict)
     last_notice_on: dt.date | None = None
@@ -117,6 +123,35 @@ def late_fee_for(snap: Snapshot, policy: DunningPolicy, as_of: dt.date, principa
                             grace_days=policy.late_fee_grace_days)
 
 
+def hold_reasons(snap: Snapshot, policy: DunningPolicy, *, consequence: bool) -> tuple[list[str], bool]:
+    """Why nothing may be sent to this household today, and whether a 测温 is needed (R13, R27, R35, R36).
+
+    One definition for every message dunning sends — ladder steps and instalment reminders alike —
+    so a household under a compliance hold hears nothing about money until the hold ends.
+    `consequence`: the message would start a legal clock (only then does extreme cold hold it, R6).
+    """
+    hold: list[str] = []
+    needs_test = False
+    heated = snap.heating_status != "stopped"      # a 报停 household expects no heat: compliance is moot
+    if heated and len(snap.non_compliant_days) >= max(1, policy.min_non_compliant_days):
+        hold.append("suspected_non_compliance")
+        needs_test = True
+    if heated and snap.unknown_days and snap.open_low_temp_ticket_ids and policy.hold_on_unknown_with_complaint:
+        hold.append("unknown_days_with_complaint")
+        needs_test = True
+    if snap.open_low_temp_ticket_ids:
+        hold.append("open_low_temp_complaint")
+    if snap.dispute_refs:
+        hold.append("open_dispute")
+    if heated and snap.open_incident_ticket_ids:
+        # the supplier's own outage is under way (R25): reminding now invites a complaint, and the
+        # stoppage days are still to be refunded; the incident closes only after temperatures recover
+        hold.append("open_outage_incident")
+    if consequence and snap.extreme_cold_today and policy.extreme_cold_blocks_consequence:
+        hold.append("extreme_cold")
+    return hold, needs_test
+
+
 def decide(snap: Snapshot, policy: DunningPolicy, as_of: dt.date) -> Decision:
     refund_adjust = yuan(snap.refund_amount)
     principal = snap.billed - refund_adjust
@@ -147,25 +182,7 @@ def decide(snap: Snapshot, policy: DunningPolicy, as_of: dt.date) -> Decision:
         return out("skip", ["not_due_yet"])
 
     # --- holds (R13, R27, R35, R36) -------------------------------------------------------------
-    hold: list[str] = []
-    needs_test = False
-    heated = snap.heating_status != "stopped"      # a 报停 household expects no heat: compliance is moot
-    if heated and len(snap.non_compliant_days) >= max(1, policy.min_non_compliant_days):
-        hold.append("suspected_non_compliance")
-        needs_test = True
-    if heated and snap.unknown_days and snap.open_low_temp_ticket_ids and policy.hold_on_unknown_with_complaint:
-        hold.append("unknown_days_with_complaint")
-        needs_test = True
-    if snap.open_low_temp_ticket_ids:
-        hold.append("open_low_temp_complaint")
-    if snap.dispute_refs:
-        hold.append("open_dispute")
-    if heated and snap.open_incident_ticket_ids:
-        # the supplier's own outage is under way (R25): reminding now invites a complaint, and the
-        # stoppage days are still to be refunded; the incident closes only after temperatures recover
-        hold.append("open_outage_incident")
-    if step.consequence and snap.extreme_cold_today and policy.extreme_cold_blocks_consequence:
-        hold.append("extreme_cold")
+    hold, needs_test = hold_reasons(snap, policy, consequence=step.consequence)
     if hold:
         link = snap.open_temp_test_ticket_id
         return out("hold", hold, step, open_temp_test=needs_test and link is None,

@@ -4,20 +4,49 @@
   ≥ min_first_ratio of the total where the policy says so (county template [S9]: 30 %).
 - On track = payments since the plan started cover every part due more than `grace_days` ago.
   A missed part breaks the plan; the ladder then resumes (gate reason ``instalment_missed``).
+- Reminders (:func:`notice_for`, pure): a ``due`` reminder from `reminder_lead_days` before the first
+  unpaid part falls due, and a ``missed`` notice in its grace days, while the plan still stands — the
+  household hears about the part before the plan breaks. Both pass the gate's holds
+  (``gate.hold_reasons``), 缓缴 and the channel rules, and go out once per part and kind: the job
+  records them in ``dunning_instalment_notice`` and the outbox key is per part, kind and channel.
 - Hardship category (低保/特困/other) and the verification document reference are encrypted
   (SM4-GCM via core.pii) in ``pii.dunning_hardship``; only the validity dates are in clear.
 """
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Sequence
 
 from core.pii import KEY_VERSION, FieldCipher
-from dunning.money import yuan
+from dunning.gate import Snapshot, hold_reasons
+from dunning.money import ZERO, yuan
 from dunning.policy import DunningPolicy
 
 HARDSHIP_CATEGORIES = ("dibao", "tekun", "other")     # 低保, 特困, other
+
+
+@dataclass(frozen=True)
+class InstalmentNotice:
+    """What to do today about the first unpaid part of a household's active plan."""
+    household_id: int
+    plan_id: int
+    seq: int
+    kind: str                      # due | missed
+    action: str                    # send | hold | skip
+    reasons: tuple[str, ...]
+    due_date: dt.date
+    unpaid: Decimal                # 元 of this part not yet covered by payments since the plan started
+    pay_by: dt.date                # the due date, or the last grace day for 'missed'
+    template: str | None = None
+    channel: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Outbox idempotency suffix: one message per plan part, kind and channel (the channel only
+        changes after a failed delivery), as the ladder's ``<step>:<channel>``."""
+        return f"instalment:{self.plan_id}.{self.seq}:{self.kind}:{self.channel}"
 
 
 def validate_plan(total: Decimal, parts: Sequence[tuple[dt.date, Decimal]], policy: DunningPolicy) -> None:
@@ -66,6 +95,66 @@ def on_track(parts: Sequence[tuple[dt.date, Decimal]], paid_since_start: Decimal
     """Pure: every part due more than `grace_days` before as_of is covered by payments since the start."""
     owed = sum((a for d, a in parts if d + dt.timedelta(days=grace_days) < as_of), Decimal(0))
     return paid_since_start >= owed
+
+
+def first_unpaid(parts: Sequence[tuple[int, dt.date, Decimal]], paid_since_start: Decimal
+                 ) -> tuple[tuple[int, dt.date, Decimal], Decimal] | None:
+    """Pure: the earliest part that payments since the start do not cover (they cover parts in
+    order, as :func:`on_track` counts them) and its unpaid 元; None when every part is covered."""
+    covered = Decimal(0)
+    for part in sorted(parts, key=lambda p: p[1]):
+        covered += part[2]
+        if paid_since_start < covered:
+            return part, yuan(min(part[2], covered - paid_since_start))
+    return None
+
+
+def notice_for(snap: Snapshot, policy: DunningPolicy, as_of: dt.date) -> InstalmentNotice | None:
+    """Pure: the instalment reminder for this household today, or None when no part is in its window.
+
+    Windows (policy.instalments): ``due`` on [due − reminder_lead_days, due], ``missed`` on
+    [due + 1, due + grace_days] — the days a part is late but the plan still stands (R32). A plan
+    that is no longer on track is broken by this run and the ladder takes over: no notice here.
+    Then, as for a ladder step (gate.decide): nothing owed after confirmed refunds → skip; 报停
+    without reminders → skip; a gate hold (R13, R27, R35, R36; never 'extreme_cold', which holds only
+    consequence steps) → hold; 缓缴 in force (R38) → skip; already sent → skip; no address on the
+    policy's channels → hold; else send. Hardship (R38) sends the same neutral reminder: it names
+    only the part, never a 违约金 or a consequence beyond the plan itself.
+    """
+    if snap.instalment_plan_id is None or not snap.instalment_parts or snap.instalment_on_track is False:
+        return None
+    first = first_unpaid(snap.instalment_parts, snap.instalment_paid)
+    if first is None:
+        return None
+    (seq, due, _amount), unpaid = first
+    if due - dt.timedelta(days=policy.instalment_reminder_lead_days) <= as_of <= due:
+        kind, pay_by, template = "due", due, policy.instalment_due_template
+    elif due < as_of <= due + dt.timedelta(days=policy.instalment_grace_days):
+        kind, pay_by, template = "missed", due + dt.timedelta(days=policy.instalment_grace_days), \
+            policy.instalment_missed_template
+    else:
+        return None
+
+    def out(action: str, reasons: list[str], **kw) -> InstalmentNotice:
+        return InstalmentNotice(snap.household_id, snap.instalment_plan_id, seq, kind, action, tuple(reasons),
+                                due, unpaid, pay_by, **kw)
+
+    if yuan(snap.billed - snap.refund_amount - snap.paid) <= ZERO:
+        return out("skip", ["paid_up"])
+    if snap.heating_status == "stopped" and not policy.remind_stopped:
+        return out("skip", ["stopped_no_reminders"])
+    hold, _ = hold_reasons(snap, policy, consequence=False)
+    if hold:
+        return out("hold", hold)
+    if snap.deferral_until is not None and snap.deferral_until >= as_of:
+        return out("skip", ["deferred"])
+    if (seq, kind) in snap.instalment_notices_sent:
+        return out("skip", ["already_sent"])
+    failed = snap.instalment_failed_channels.get((seq, kind), frozenset())
+    channel = next((c for c in policy.instalment_channels if c in snap.channels and c not in failed), None)
+    if channel is None:
+        return out("hold", ["no_contact_channel"])
+    return out("send", [f"instalment_{kind}"], template=template, channel=channel)
 
 
 def grant_deferral(conn, *, household_id: int, season: str, until: dt.date, reason: str, granted_on: dt.date,

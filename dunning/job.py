@@ -2,7 +2,10 @@
 
 Safe to run twice: every message has the idempotency key
 ``dunning:<household>:<season>:<step>:<channel>`` (account, step, period; the channel only changes
-after a failed delivery) and the gate skips steps already sent. Safe to stop mid-run: each batch (decisions, outbox rows, holds,
+after a failed delivery) and the gate skips steps already sent. Instalment reminders (R32,
+instalments.notice_for) go through the same gate, send window and outbox with the key
+``dunning:<household>:<season>:instalment:<plan>.<part>:<due|missed>:<channel>`` and are recorded in
+``dunning_instalment_notice``, so a part is reminded once per kind. Safe to stop mid-run: each batch (decisions, outbox rows, holds,
 tickets, refund lines, proposals, run cursor) commits in one transaction, and a run left 'running'
 is resumed from its cursor by the next call with the same company, as_of and dry_run.
 A dry run records decisions flagged ``dry_run`` and touches nothing else.
@@ -20,6 +23,7 @@ import orjson
 
 from dunning import cutoff
 from dunning.gate import Decision, Snapshot, decide
+from dunning.instalments import InstalmentNotice, notice_for
 from dunning.policy import DunningPolicy, PolicyBook
 from dunning.store import TZ, RunContext, household_ids, load_snapshots, run_context
 from notify import outbox
@@ -42,13 +46,14 @@ class RunSummary:
     cutoff_proposals: int = 0
     refund_lines: int = 0
     resumed_from: int = 0
+    instalment_notices: Counter = field(default_factory=Counter)   # '<due|missed>:<send|hold|skip>'
 
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "company": self.company, "as_of": self.as_of.isoformat(),
                 "dry_run": self.dry_run, "accounts": self.accounts, "actions": dict(self.actions),
                 "reasons": dict(self.reasons), "tickets_opened": self.tickets_opened,
                 "cutoff_proposals": self.cutoff_proposals, "refund_lines": self.refund_lines,
-                "resumed_from": self.resumed_from}
+                "resumed_from": self.resumed_from, "instalment_notices": dict(self.instalment_notices)}
 
 
 def next_send_time(now: dt.datetime, policy: DunningPolicy, tz: str = TZ) -> dt.datetime:
@@ -70,6 +75,18 @@ def message_context(ctx: RunContext, snap: Snapshot, d: Decision) -> dict:
             "segment": snap.segment, "bill_amount": snap.billed, "paid_amount": snap.paid,
             "amount_due": d.amount_asked, "refund_amount": d.refund_adjust, "late_fee": d.late_fee,
             "due_date": snap.due_date, "payment_methods": ctx.policy.payment_methods,
+            "service_phone": ctx.policy.service_phone}
+
+
+def instalment_context(ctx: RunContext, snap: Snapshot, n: InstalmentNotice) -> dict:
+    """Template context of an instalment reminder: the part, never name or address (filled at send, R57).
+
+    {截止日期} (due_date) is this notice's deadline — the part's due date, or for 'missed' the last
+    grace day — not the season bill's; {分期日期} is the part's own due date.
+    """
+    return {"season": ctx.season, "account_no": snap.account_no, "company_name": ctx.company_name,
+            "segment": snap.segment, "instalment_seq": n.seq, "instalment_amount": n.unpaid,
+            "instalment_date": n.due_date, "due_date": n.pay_by, "payment_methods": ctx.policy.payment_methods,
             "service_phone": ctx.policy.service_phone}
 
 
@@ -104,8 +121,11 @@ def run(conn, company_code: str, as_of: dt.date, *, now: dt.datetime, dry_run: b
                 break
             snaps, side = load_snapshots(conn, ctx, ids)
             decisions = [decide(s, ctx.policy, as_of) for s in snaps]
+            notices = [n for n in (notice_for(s, ctx.policy, as_of) for s in snaps) if n is not None]
             _apply(conn, ctx, run_id, snaps, decisions, side, now=now, not_before=not_before, dry_run=dry_run,
                    summary=summary)
+            _apply_instalment_notices(conn, ctx, run_id, {s.household_id: s for s in snaps}, notices,
+                                      not_before=not_before, dry_run=dry_run, summary=summary)
             cursor = ids[-1]
             summary.accounts += len(snaps)
             conn.execute("UPDATE dunning_run SET last_household = %s, counts = %s::jsonb WHERE id = %s",
@@ -205,6 +225,38 @@ def _apply(conn, ctx: RunContext, run_id: int, snaps: list[Snapshot], decisions:
                                                 ticket_id, dry_run) FROM STDIN""") as cp:
             for r in rows:
                 cp.write_row(r)
+
+
+def _apply_instalment_notices(conn, ctx: RunContext, run_id: int, snaps: dict[int, Snapshot],
+                              notices: list[InstalmentNotice], *, not_before: dt.datetime, dry_run: bool,
+                              summary: RunSummary) -> None:
+    """Queue the instalment reminders of one batch (R32) in the batch's transaction.
+
+    Runs after _apply, which marks plans that are no longer on track as broken: notice_for never
+    returns a notice for those, so a 'missed' notice only goes while the plan still stands.
+    """
+    for n in notices:
+        summary.instalment_notices[f"{n.kind}:{n.action}"] += 1
+    sends = [n for n in notices if n.action == "send"]
+    if dry_run or not sends:
+        return
+    items = [{"idempotency_key": f"dunning:{n.household_id}:{ctx.season}:{n.key}", "household_id": n.household_id,
+              "channel": n.channel, "template": n.template, "source": "dunning",
+              "context": instalment_context(ctx, snaps[n.household_id], n), "not_before": not_before}
+             for n in sends]
+    ids = outbox.enqueue_many(conn, items)
+    rows = []
+    for n, item, oid in zip(sends, items, ids):
+        if oid is None:      # already queued (a concurrent or earlier run): point at the existing row
+            oid = conn.execute("SELECT id FROM notify_outbox WHERE idempotency_key = %s",
+                               (item["idempotency_key"],)).fetchone()[0]
+        rows.append((n.plan_id, n.seq, n.kind, n.household_id, run_id, ctx.as_of, n.channel, n.template, n.unpaid,
+                     n.pay_by, oid))
+    with conn.cursor() as cur:
+        cur.executemany("""INSERT INTO dunning_instalment_notice (plan_id, seq, kind, household_id, run_id, as_of,
+                                                                 channel, template, unpaid, pay_by, outbox_id)
+                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                           ON CONFLICT (plan_id, seq, kind, channel) DO NOTHING""", rows)
 
 
 def _ticket(conn, snap: Snapshot, d: Decision, *, now: dt.datetime, new_hold: bool) -> int | None:

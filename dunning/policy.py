@@ -69,6 +69,10 @@ class DunningPolicy:
     instalment_max_parts: int
     instalment_min_first_ratio: Decimal
     instalment_grace_days: int
+    instalment_reminder_lead_days: int          # remind this many days before each part falls due
+    instalment_channels: tuple[str, ...]        # tried in order, first with an address (as a ladder step)
+    instalment_due_template: str
+    instalment_missed_template: str
     cutoff_min_days_after_formal: int
     contract_allows_offset: bool
     payout_days_after_season: int
@@ -140,15 +144,19 @@ def _dec(v, key: str, lo: float = 0.0, hi: float | None = None) -> Decimal:
     return x
 
 
+def _channels(v, key: str) -> tuple[str, ...]:
+    chans = tuple(v or ())
+    bad = [c for c in chans if c not in CHANNELS]
+    if bad or not chans:
+        raise PolicyError(f"{key}: unknown or empty {bad or chans}")
+    return chans
+
+
 def parse(data: dict) -> DunningPolicy:
     try:
         ladder = []
         for i, s in enumerate(data["ladder"]):
-            where = f"ladder[{i}]"
-            chans = tuple(s["channels"])
-            bad = [c for c in chans if c not in CHANNELS]
-            if bad or not chans:
-                raise PolicyError(f"{where}.channels: unknown or empty {bad or chans}")
+            chans = _channels(s["channels"], f"ladder[{i}].channels")
             ladder.append(Step(step=str(s["step"]), offset_days=int(s["offset_days"]),
                                min_interval_days=int(s.get("min_interval_days", 0)), channels=chans,
                                template=str(s["template"]), consequence=bool(s.get("consequence", False)),
@@ -186,6 +194,10 @@ def parse(data: dict) -> DunningPolicy:
             instalment_min_parts=int(ins["min_parts"]), instalment_max_parts=int(ins["max_parts"]),
             instalment_min_first_ratio=_dec(ins["min_first_ratio"], "instalments.min_first_ratio", 0, 1),
             instalment_grace_days=int(ins["grace_days"]),
+            instalment_reminder_lead_days=int(ins["reminder_lead_days"]),
+            instalment_channels=_channels(ins["channels"], "instalments.channels"),
+            instalment_due_template=str(ins["due_template"]),
+            instalment_missed_template=str(ins["missed_template"]),
             cutoff_min_days_after_formal=int(data["cutoff"]["min_days_after_formal_delivery"]),
             contract_allows_offset=bool(data["refund_offset"]["contract_allows_offset"]),
             payout_days_after_season=int(data["refund_offset"]["payout_days_after_season"]),
@@ -198,6 +210,10 @@ def parse(data: dict) -> DunningPolicy:
         raise PolicyError("send_window: start must be before end")
     if not 1 <= pol.instalment_min_parts <= pol.instalment_max_parts:
         raise PolicyError("instalments: 1 ≤ min_parts ≤ max_parts")
+    if pol.instalment_grace_days < 0:
+        raise PolicyError(f"instalments.grace_days: must be ≥ 0, got {pol.instalment_grace_days}")
+    if not 0 <= pol.instalment_reminder_lead_days <= 30:
+        raise PolicyError(f"instalments.reminder_lead_days: 0..30 days, got {pol.instalment_reminder_lead_days}")
     return pol
 
 

@@ -1,16 +1,18 @@
-"""Refunds for non-compliant days as dunning needs them (domain.md R13, R22–R24, R40).
+"""Refunds for non-compliant and stoppage days as dunning needs them (domain.md R13, R22–R25, R40).
 
 The computation is analytics' (``analytics.refund.refund_statement``: tier ratio × daily fee × area
 factor, R24 max with stoppage days, R13 which days count). This module only loads its inputs
 set-based for a batch of households (one query per kind, not per household) and splits the result:
 
 - ``amount``: the refund that counts now — days confirmed by a 测温 (ticketing's
-  ``confirmed_noncompliant_day``), or IoT days where the region allows it (iot_counts_for_refund);
-  it reduces the amount dunning asks for;
+  ``confirmed_noncompliant_day``), IoT days where the region allows it (iot_counts_for_refund), and
+  stoppage days (R25): the supplier's own outage incident is its record, not a suspicion, so it needs
+  no 测温; it reduces the amount dunning asks for;
 - ``provisional_amount``: what the suspected (IoT-only) days would add once confirmed.
 
-Stoppage days (R25) are not passed (analytics derives them per household from incident tickets, one
-query each, too slow for a 100 k run): a stoppage-only day is therefore not refunded here yet.
+Stoppage days come from ``analytics.refund.stoppage_for_households`` for the whole batch in one query,
+the same function the single-household statement (``refund_for_household``) uses; open incidents
+count up to ``as_of``, never ahead of the run day.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from analytics.policy import Policy
-from analytics.refund import refund_statement
+from analytics.refund import refund_statement, stoppage_for_households
 from dunning.money import ZERO, yuan
 
 #: ticketing's basis 'deemed_below_14' (R12: the company did not test in time → the day is deemed
@@ -38,10 +40,11 @@ class RefundFigures:
 
 
 def load_refunds(conn, ids: list[int], policy: Policy, season_start: dt.date, season_end: dt.date, as_of: dt.date,
-                 bills: dict[int, tuple[Decimal, Decimal, float]]) -> dict[int, RefundFigures]:
-    """household → RefundFigures for households with any non-compliant or confirmed day up to as_of.
+                 bills: dict[int, tuple[Decimal, Decimal, float]], tz: str = "Asia/Shanghai"
+                 ) -> dict[int, RefundFigures]:
+    """household → RefundFigures for households with any non-compliant, confirmed or stoppage day up to as_of.
 
-    bills: household → (season fee 元, base fee 元, area m²).
+    bills: household → (season fee 元, base fee 元, area m²). tz: the local day of incident tickets.
     """
     end = min(as_of, season_end)
     wanted = set(ids)       # an id range is scanned (index range, cheap); rows outside the batch are dropped
@@ -60,17 +63,20 @@ def load_refunds(conn, ids: list[int], policy: Policy, season_start: dt.date, se
             """SELECT household_id, day, measured_c, basis FROM confirmed_noncompliant_day
                 WHERE household_id = ANY(%s) AND day BETWEEN %s AND %s""", (ids, season_start, end)):
         confirmed[hid][day] = DEEMED_BELOW_14_C if basis == "deemed_below_14" and measured is None else measured
+    stoppage = stoppage_for_households(conn, ids, season_start, end, tz)
     out: dict[int, RefundFigures] = {}
-    for hid in set(rows) | set(confirmed):
+    for hid in set(rows) | set(confirmed) | set(stoppage):
         if hid not in bills:
             continue
         fee, base, area = bills[hid]
         common = dict(household_id=hid, policy=policy, season_start=season_start, season_end=season_end,
                       season_fee=float(fee), base_fee=float(base), room_days=rows.get(hid, []),
-                      household_area_m2=float(area), stoppage={})
+                      household_area_m2=float(area), stoppage=stoppage.get(hid, {}))
         suspected = {r["day"]: None for r in rows.get(hid, [])}
         everything = refund_statement(confirmed={**suspected, **confirmed.get(hid, {})}, **common)
-        if confirmed.get(hid) or policy.iot_counts_for_refund:
+        if not suspected.keys() - confirmed.get(hid, {}).keys():
+            counted = everything                # same inputs (e.g. stoppage days only): one statement
+        elif confirmed.get(hid) or stoppage.get(hid) or policy.iot_counts_for_refund:
             counted = refund_statement(confirmed=confirmed.get(hid, {}), **common)
         else:                                   # R13: nothing counts yet; one statement instead of two
             counted = replace(everything, lines=[], total=0.0)

@@ -108,7 +108,7 @@ def load_snapshots(conn, ctx: RunContext, ids: list[int]) -> tuple[list[Snapshot
                             (as_of - dt.timedelta(days=1), as_of, ids))}
 
     refund = refunds.load_refunds(conn, ids, ctx.region_policy, ctx.season_start, ctx.season_end, as_of,
-                                  {r[0]: (r[6], r[7], r[8]) for r in base})
+                                  {r[0]: (r[6], r[7], r[8]) for r in base}, tz=TZ)
 
     low_temp: dict[int, list[int]] = defaultdict(list)
     temp_test: dict[int, int] = {}
@@ -152,23 +152,37 @@ def load_snapshots(conn, ctx: RunContext, ids: list[int]) -> tuple[list[Snapshot
         if until >= as_of:
             deferral[hid] = max(deferral.get(hid, until), until)
 
-    plan_parts: dict[int, tuple[int, dt.date, list]] = {}
-    for pid, hid, created, due, amt in q("""SELECT p.id, p.household_id, p.created_on, i.due_date, i.amount
+    plan_parts: dict[int, tuple[int, dt.date, list[tuple[int, dt.date, Decimal]]]] = {}
+    for pid, hid, created, seq, due, amt in q("""SELECT p.id, p.household_id, p.created_on, i.seq, i.due_date, i.amount
                                              FROM dunning_instalment_plan p JOIN dunning_instalment i ON i.plan_id = p.id
                                             WHERE p.status = 'active' AND p.season = %s AND p.household_id = ANY(%s)
                                             ORDER BY p.id, i.seq""", (season, ids)):
-        plan_parts.setdefault(hid, (pid, created, []))[2].append((due, amt))
+        plan_parts.setdefault(hid, (pid, created, []))[2].append((seq, due, amt))
+    # instalment reminders already out (a failed delivery is no notice: that channel is not tried again)
+    inst_sent: dict[int, set[tuple[int, str]]] = defaultdict(set)
+    inst_failed: dict[int, dict[tuple[int, str], set[str]]] = defaultdict(lambda: defaultdict(set))
+    if plan_parts:
+        for hid, seq, kind, channel, ostatus in q(
+                """SELECT n.household_id, n.seq, n.kind, n.channel, o.status
+                     FROM dunning_instalment_notice n JOIN notify_outbox o ON o.id = n.outbox_id
+                    WHERE n.plan_id = ANY(%s)""", ([v[0] for v in plan_parts.values()],)):
+            if ostatus == "failed":
+                inst_failed[hid][(seq, kind)].add(channel)
+            else:
+                inst_sent[hid].add((seq, kind))
     plans: dict[int, tuple[int, bool]] = {}
+    plan_paid: dict[int, Decimal] = {}
     for hid, (pid, created, parts) in plan_parts.items():
         paid_since = sum((a for d, a in payments.get(hid, ()) if d >= created), Decimal(0))
-        ok = on_track(parts, paid_since, as_of, pol.instalment_grace_days)
+        plan_paid[hid] = paid_since
+        ok = on_track([(d, a) for _, d, a in parts], paid_since, as_of, pol.instalment_grace_days)
         plans[hid] = (pid, ok)
         if ok:
             pauses[hid].append((created, None))            # R32: no late charge while honoured
         else:
             owed = Decimal(0)
             missed = None
-            for d, a in parts:
+            for _, d, a in parts:
                 owed += a
                 if paid_since < owed:
                     missed = d + dt.timedelta(days=pol.instalment_grace_days)
@@ -243,7 +257,12 @@ def load_snapshots(conn, ctx: RunContext, ids: list[int]) -> tuple[list[Snapshot
             dispute_refs=tuple(disputes.get(hid, ())), open_incident_ticket_ids=tuple(incidents.get(hid, ())),
             hardship_until=hardship.get(hid),
             deferral_until=deferral.get(hid), instalment_plan_id=plans[hid][0] if hid in plans else None,
-            instalment_on_track=plans[hid][1] if hid in plans else None, sent_steps=dict(sent.get(hid, {})),
+            instalment_on_track=plans[hid][1] if hid in plans else None,
+            instalment_parts=tuple(plan_parts[hid][2]) if hid in plan_parts else (),
+            instalment_paid=plan_paid.get(hid, Decimal("0.00")),
+            instalment_notices_sent=frozenset(inst_sent.get(hid, ())),
+            instalment_failed_channels={k: frozenset(v) for k, v in inst_failed.get(hid, {}).items()},
+            sent_steps=dict(sent.get(hid, {})),
             last_notice_on=last.get(hid), failed_channels={k: frozenset(v) for k, v in failed.get(hid, {}).items()}, formal_delivered_on=f[0], formal_proof=f[1], formal_outbox_id=f[2],
             pauses=tuple(pauses.get(hid, ())), open_hold_since=hold_since.get(hid), channels=frozenset(chans[hid]), cutoff_open=hid in cutoff_open))
     return snaps, {"refunds": refund, "open_holds": open_holds, "plans": plans}

@@ -212,6 +212,111 @@ def test_instalment_on_track(paid, as_of, expected):
     assert instalments.on_track(parts, D(paid), as_of, grace_days=3) is expected
 
 
+# instalment reminders (R32 parts; lead days per region in policy.yaml, DESIGN): part 2 due D+10, 875 元
+PLAN = replace(BASE, instalment_plan_id=7, instalment_on_track=True, paid=D("750.00"), instalment_paid=D("750.00"),
+               instalment_parts=((1, day(-20), D("750.00")), (2, day(10), D("875.00")), (3, day(40), D("875.00"))))
+
+NOTICE_CASES = [
+    # (id, as_of, snapshot changes, expected: None or (seq, kind, action, reasons, channel, unpaid, pay_by))
+    ("before the lead window", day(6), {}, None),
+    ("3 lead days before the due date", day(7), {}, (2, "due", "send", ("instalment_due",), "sms", "875.00", day(10))),
+    ("on the due date", day(10), {}, (2, "due", "send", ("instalment_due",), "sms", "875.00", day(10))),
+    ("first grace day: missed, pay by the last grace day", day(11), {},
+     (2, "missed", "send", ("instalment_missed",), "sms", "875.00", day(13))),
+    ("last grace day", day(13), {}, (2, "missed", "send", ("instalment_missed",), "sms", "875.00", day(13))),
+    ("plan broken this run: the ladder takes over", day(14), {"instalment_on_track": False}, None),
+    ("no active plan", day(7), {"instalment_plan_id": None, "instalment_on_track": None, "instalment_parts": ()},
+     None),
+    ("part partly prepaid: the rest is asked", day(7), {"instalment_paid": D("1000.00"), "paid": D("1000.00")},
+     (2, "due", "send", ("instalment_due",), "sms", "625.00", day(10))),
+    ("part 2 paid early: part 3's window not open", day(10), {"instalment_paid": D("1625.00"), "paid": D("1625.00")},
+     None),
+    ("part 3's window", day(37), {"instalment_paid": D("1625.00"), "paid": D("1625.00")},
+     (3, "due", "send", ("instalment_due",), "sms", "875.00", day(40))),
+    ("confirmed refund covers what is owed", day(7), {"refund_amount": D("1750.00")},
+     (2, "due", "skip", ("paid_up",), None, "875.00", day(10))),
+    ("already sent", day(8), {"instalment_notices_sent": frozenset({(2, "due")})},
+     (2, "due", "skip", ("already_sent",), None, "875.00", day(10))),
+    ("the due reminder does not stand for the missed notice", day(11),
+     {"instalment_notices_sent": frozenset({(2, "due")})},
+     (2, "missed", "send", ("instalment_missed",), "sms", "875.00", day(13))),
+    ("SMS failed: the next channel with an address", day(8), {"instalment_failed_channels": {(2, "due"): frozenset({"sms"})}},
+     (2, "due", "send", ("instalment_due",), "letter", "875.00", day(10))),
+    ("no address on the policy's channels", day(8), {"channels": frozenset({"console"})},
+     (2, "due", "hold", ("no_contact_channel",), None, "875.00", day(10))),
+    ("compliance hold (R13)", day(8), {"non_compliant_days": nc(2)},
+     (2, "due", "hold", ("suspected_non_compliance",), None, "875.00", day(10))),
+    ("open outage incident (R25)", day(8), {"open_incident_ticket_ids": (9,)},
+     (2, "due", "hold", ("open_outage_incident",), None, "875.00", day(10))),
+    ("open dispute (R36 guard)", day(8), {"dispute_refs": ("dunning_dispute:1",)},
+     (2, "due", "hold", ("open_dispute",), None, "875.00", day(10))),
+    ("extreme cold holds only consequence steps: a reminder is not one", day(8), {"extreme_cold_today": True},
+     (2, "due", "send", ("instalment_due",), "sms", "875.00", day(10))),
+    ("缓缴 in force (R38)", day(8), {"deferral_until": day(20)},
+     (2, "due", "skip", ("deferred",), None, "875.00", day(10))),
+    ("hardship: the same neutral reminder (no 违约金 in it, R38)", day(8), {"hardship_until": day(300)},
+     (2, "due", "send", ("instalment_due",), "sms", "875.00", day(10))),
+]
+
+
+@pytest.mark.parametrize("case, as_of, changes, expected", NOTICE_CASES, ids=[c[0] for c in NOTICE_CASES])
+def test_instalment_notice_table(case, as_of, changes, expected):
+    n = instalments.notice_for(replace(PLAN, **changes), POL, as_of)
+    if expected is None:
+        assert n is None
+        return
+    seq, kind, action, reasons, channel, unpaid, pay_by = expected
+    assert (n.seq, n.kind, n.action, n.reasons, n.channel, n.unpaid, n.pay_by) == \
+        (seq, kind, action, reasons, channel, D(unpaid), pay_by)
+    assert n.template == ({"due": "dunning.instalment_due", "missed": "dunning.instalment_missed"}[kind]
+                          if action == "send" else None)
+    if action == "send":
+        assert n.key == f"instalment:7.{seq}:{kind}:{channel}"
+
+
+def test_instalment_notice_skips_baoting_when_the_policy_does_not_remind_them():
+    pol = default_book().resolve("tianjin", "HD", {"gate": {"remind_stopped": False}})
+    n = instalments.notice_for(replace(PLAN, heating_status="stopped"), pol, day(8))
+    assert (n.action, n.reasons) == ("skip", ("stopped_no_reminders",))
+
+
+def test_instalment_notice_windows_follow_the_region_policy():
+    data = dict(default_book().data)
+    data["regions"] = {**data["regions"], "far": {"code": "far", "instalments": {"reminder_lead_days": 7,
+                                                                                  "grace_days": 0}}}
+    book = PolicyBook(data)
+    far, tj = book.resolve("far"), book.resolve("tianjin")
+    assert (far.instalment_reminder_lead_days, tj.instalment_reminder_lead_days) == (7, 3)
+    assert far.instalment_min_parts == tj.instalment_min_parts          # the rest of `instalments` merges
+    assert instalments.notice_for(PLAN, far, day(3)).kind == "due"
+    assert instalments.notice_for(PLAN, tj, day(3)) is None
+    # grace 0: no day is late-but-standing; the plan breaks the next day and the ladder is the notice
+    assert instalments.notice_for(PLAN, far, day(11)) is None
+
+
+@pytest.mark.parametrize("over, error", [
+    ({"reminder_lead_days": -1}, "reminder_lead_days"),
+    ({"reminder_lead_days": 45}, "reminder_lead_days"),
+    ({"channels": ["pigeon"]}, "instalments.channels"),
+    ({"channels": []}, "instalments.channels"),
+    ({"grace_days": -2}, "grace_days"),
+])
+def test_instalment_reminder_policy_is_validated(over, error):
+    with pytest.raises(PolicyError, match=error):
+        default_book().resolve("tianjin", None, {"instalments": over})
+
+
+@pytest.mark.parametrize("paid, expected", [
+    ("0", ((1, day(-20), D("750.00")), "750.00")),
+    ("750", ((2, day(10), D("875.00")), "875.00")),
+    ("1000", ((2, day(10), D("875.00")), "625.00")),
+    ("2500", None),
+])
+def test_first_unpaid_part(paid, expected):
+    got = instalments.first_unpaid(PLAN.instalment_parts, D(paid))
+    assert got == (None if expected is None else (expected[0], D(expected[1])))
+
+
 def test_split_even_puts_the_fen_on_the_last_part():
     parts = instalments.split_even(D("1000.00"), 4, D("0.30"), day(0))
     assert [a for _, a in parts] == [D("300.00"), D("233.33"), D("233.33"), D("233.34")]

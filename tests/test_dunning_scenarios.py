@@ -233,7 +233,9 @@ def test_instalment_on_track_suppresses_reminders_and_a_missed_part_resumes_the_
     for day in [DUE - dt.timedelta(days=15), DUE, DUE + dt.timedelta(days=7)]:
         run(city, day)
         assert decision(city, hid, day)[:2] == ("skip", ["instalment_on_track"])
-    assert outbox_count(city, hid) == 0
+    # no ladder step while on track; only the reminder of part 2 (due DUE+10, 3 lead days → DUE+7)
+    assert city.conn.execute("SELECT template_id FROM notify_outbox WHERE household_id = %s",
+                             (hid,)).fetchall() == [("dunning.instalment_due",)]
     # part 2 was due DUE+10; 3 grace days → missed on DUE+14
     day = DUE + dt.timedelta(days=15)
     run(city, day)
@@ -423,3 +425,143 @@ def test_failed_delivery_is_no_notice_and_the_next_channel_is_tried(city):
     assert (action, step) == ("send", "notice") and oid2 != oid
     assert city.conn.execute("SELECT channel, idempotency_key FROM notify_outbox WHERE id = %s", (oid2,)).fetchone() == \
         ("letter", f"dunning:{hid}:2026-2027:notice:letter")
+
+
+def test_outage_days_are_refunded_in_the_batch_run_as_in_the_single_household_statement(city):
+    """R25 stoppage days reach the batch refund lines (one query per batch) and match analytics'
+    single-household statement; R24: a day both stopped and cold is refunded once, as the larger."""
+    from analytics.refund import refund_for_household
+    out = city.household("OUT")                              # building 1: inside the outage
+    stopped = city.household("OFF", status="stopped")        # building 1, 报停: expects no heat (R29)
+    other = city.household("OTH")
+    q = city.conn.execute
+    q("INSERT INTO building (community_id, code, name) VALUES (1, 'C1-B02', '2号楼')")
+    q("INSERT INTO unit (building_id, code, name) VALUES (2, 'C1-B02-U1', '1单元')")
+    q("UPDATE household SET unit_id = 2 WHERE id = %s", (other,))
+    # the boiler side failed for building 1 from 11-20 evening to 11-22 morning: local days 20, 21, 22
+    q("""INSERT INTO ticket (no, type, channel, status, building_id, reported_at, closed_at)
+         VALUES ('INC-1', 'incident', 'auto', 'closed', 1, '2026-11-20 20:00+08', '2026-11-22 08:00+08'),
+                ('INC-0', 'incident', 'phone', 'cancelled', 1, '2026-11-25 08:00+08', '2026-11-25 09:00+08')""")
+    city.compliance(out, [dt.date(2026, 11, 21)], "non_compliant", ratio=0.5, stat=15.5)   # also cold that day
+    city.compliance(out, [dt.date(2026, 11, 28)], "non_compliant", ratio=0.5, stat=15.5)   # IoT only: suspected
+    bills(city)
+    s = run(city, DUE)                                       # both days are outside the 30-day lookback
+    lines = {r[0]: r[1:] for r in q("""SELECT household_id, days, amount, provisional_days, provisional_amount, basis
+                                         FROM dunning_refund_line""")}
+    assert set(lines) == {out} and s.refund_lines == 1
+    days, amount, prov_days, prov_amount, basis = lines[out]
+    # 2500/121 = 20.6612 → 20.66 元 per stopped day × 3; 11-21's temperature refund (0.5 × 30 % of the
+    # area × 20.66 = 3.10) is smaller, so only the stoppage counts (R24); 11-28 stays provisional (R13)
+    assert (days, amount, prov_days, prov_amount) == (3, D("61.98"), 1, D("3.10"))
+    assert [(ln["day"], ln["basis"], ln["amount"]) for ln in basis["lines"]] == \
+        [(f"2026-11-{n}", "stoppage", 20.66) for n in (20, 21, 22)]
+    action, _, step, _, _, _, asked, _ = decision(city, out, DUE)
+    assert (action, step, asked) == ("send", "notice", D("2500.00") - D("61.98"))
+    # the single-household statement (analytics) and the API preview see the same days and amount
+    single = refund_for_household(city.conn, out, 2026, season_fee=2500.0, confirmed=set(), as_of=DUE)
+    assert [(ln.day.isoformat(), ln.basis, ln.amount) for ln in single.lines] == \
+        [(ln["day"], ln["basis"], ln["amount"]) for ln in basis["lines"]]
+    assert D(str(single.total)) == amount
+    assert job.preview(city.conn, "HD", out, DUE)[0].refund_amount == amount
+    assert stopped not in lines and other not in lines
+
+    # a new outage still open on the run day: its days count up to the run day, never ahead (R25), and
+    # the reminder is held while it lasts
+    tid = q("""INSERT INTO ticket (no, type, channel, status, unit_id, reported_at)
+               VALUES ('INC-2', 'incident', 'auto', 'dispatched', 1, '2026-12-30 22:00+08') RETURNING id""").fetchone()[0]
+    q("INSERT INTO ticket_household (ticket_id, household_id) VALUES (%s, %s)", (tid, out))
+    city.conn.commit()
+    day = DUE + dt.timedelta(days=1)
+    run(city, day)
+    assert decision(city, out, day)[:2] == ("hold", ["open_outage_incident"])
+    days, amount = q("SELECT days, amount FROM dunning_refund_line WHERE household_id = %s", (out,)).fetchone()
+    assert (days, amount) == (6, D("123.96"))                # + 12-30, 12-31, 01-01
+    single = refund_for_household(city.conn, out, 2026, season_fee=2500.0, confirmed=set(), as_of=day)
+    assert D(str(single.total)) == amount and len(single.lines) == days
+
+
+def _plan(city, hid, *, paid_first=True):
+    """Plan 750 / 875 / 875 due DUE−20, DUE+10, DUE+40 (R32 first part 30 %), first part paid."""
+    pol = default_book().resolve("tianjin", "HD")
+    parts = instalments.split_even(D("2500.00"), 3, D("0.30"), DUE - dt.timedelta(days=20), every_days=30)
+    pid = instalments.create_plan(city.conn, household_id=hid, season="2026-2027", total=D("2500.00"), parts=parts,
+                                  policy=pol, created_on=DUE - dt.timedelta(days=20), created_by="staff1")
+    if paid_first:
+        ledger.record_payment(city.conn, household_id=hid, amount="750.00", channel="wechat",
+                              external_id=f"wx-{hid}", paid_at=at(DUE - dt.timedelta(days=20)))
+    city.conn.commit()
+    return pid
+
+
+def _notices(city, hid):
+    return city.conn.execute("""SELECT n.seq, n.kind, n.channel, o.template_id, o.idempotency_key
+                                  FROM dunning_instalment_notice n JOIN notify_outbox o ON o.id = n.outbox_id
+                                 WHERE n.household_id = %s ORDER BY n.id""", (hid,)).fetchall()
+
+
+def test_instalment_reminders_go_once_per_part_through_the_gate_and_send_window(city):
+    hid = city.household("I")
+    held = city.household("IH")                              # an open low-temperature complaint: gate hold
+    bills(city)
+    pid = _plan(city, hid)
+    _plan(city, held)
+    city.conn.execute("""INSERT INTO ticket (no, type, channel, status, household_id, low_temperature)
+                         VALUES ('GD-9', 'complaint', 'phone', 'new', %s, true)""", (held,))
+    city.conn.commit()
+    # part 2 is due DUE+10 (a Sunday); 3 lead days → the reminder window opens DUE+7
+    early = DUE + dt.timedelta(days=6)
+    assert run(city, early).instalment_notices == {}
+    day = DUE + dt.timedelta(days=7)
+    dry = job.run(city.conn, "HD", day, now=at(day, 20), dry_run=True)
+    assert dry.instalment_notices == {"due:send": 1, "due:hold": 1} and _notices(city, hid) == []
+    # evening run: outside the send window (09:00–12:00), the message waits for the next morning
+    first = job.run(city.conn, "HD", day, now=at(day, 20))
+    again = job.run(city.conn, "HD", day, now=at(day, 21))
+    assert first.instalment_notices == {"due:send": 1, "due:hold": 1}
+    assert again.instalment_notices == {"due:skip": 1, "due:hold": 1}
+    later = run(city, day + dt.timedelta(days=1))            # still inside the window: once per part
+    assert later.instalment_notices == {"due:skip": 1, "due:hold": 1}
+    assert _notices(city, hid) == [(2, "due", "sms", "dunning.instalment_due",
+                                    f"dunning:{hid}:2026-2027:instalment:{pid}.2:due:sms")]
+    assert _notices(city, held) == []
+    body, ctx, not_before = city.conn.execute(
+        "SELECT body, context, next_attempt_at FROM notify_outbox WHERE household_id = %s", (hid,)).fetchone()
+    assert "第2期875.00元将于2027年1月10日到期" in body and "{户主姓名}" in body     # name filled only at send (R57)
+    assert "name" not in ctx and "address" not in ctx
+    assert not_before == dt.datetime(2027, 1, 8, 9, 0, tzinfo=TZ)                # Friday morning
+    assert decision(city, hid, day)[:2] == ("skip", ["instalment_on_track"])   # the ladder stays quiet (R32)
+
+    # part 2 unpaid after its due date: one 'missed' notice in the grace days, before the plan breaks
+    missed_day = DUE + dt.timedelta(days=11)
+    assert run(city, missed_day).instalment_notices == {"missed:send": 1, "missed:hold": 1}
+    assert run(city, missed_day).instalment_notices == {"missed:skip": 1, "missed:hold": 1}
+    assert city.conn.execute("SELECT status FROM dunning_instalment_plan WHERE id = %s", (pid,)).fetchone() == ("active",)
+    oid, body = city.conn.execute("""SELECT id, body FROM notify_outbox WHERE template_id = 'dunning.instalment_missed'
+                                      AND household_id = %s""", (hid,)).fetchone()
+    assert "尚有875.00元未缴清" in body and "最迟于2027年1月13日" in body             # grace 3 days
+    # the SMS was not delivered: a failed delivery is no notice, the next channel is tried (R39)
+    city.conn.execute("UPDATE notify_outbox SET status = 'failed' WHERE id = %s", (oid,))
+    city.conn.commit()
+    run(city, missed_day + dt.timedelta(days=1))
+    assert [n[:3] for n in _notices(city, hid)] == [(2, "due", "sms"), (2, "missed", "sms"), (2, "missed", "letter")]
+    # grace over: the plan breaks, the ladder resumes, no further instalment reminder
+    broken_day = DUE + dt.timedelta(days=14)
+    s = run(city, broken_day)
+    assert city.conn.execute("SELECT status, broken_on FROM dunning_instalment_plan WHERE id = %s",
+                             (pid,)).fetchone() == ("broken", broken_day)
+    assert s.instalment_notices.get("missed:send", 0) == 0 and len(_notices(city, hid)) == 3
+    action, reasons, step, *_ = decision(city, hid, broken_day)
+    assert (action, step) == ("send", "second") and "instalment_missed" in reasons
+
+
+def test_instalment_reminder_not_sent_once_the_part_is_paid(city):
+    hid = city.household("IP")
+    bills(city)
+    _plan(city, hid)
+    ledger.record_payment(city.conn, household_id=hid, amount="875.00", channel="bank", external_id="B-IP",
+                          paid_at=at(DUE + dt.timedelta(days=5)))
+    city.conn.commit()
+    assert run(city, DUE + dt.timedelta(days=8)).instalment_notices == {}   # part 2 paid early; part 3 not yet
+    s = run(city, DUE + dt.timedelta(days=37))                              # part 3 (DUE+40) window
+    assert s.instalment_notices == {"due:send": 1}
+    assert [n[:2] for n in _notices(city, hid)] == [(3, "due")]

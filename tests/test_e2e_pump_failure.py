@@ -357,17 +357,16 @@ def test_pump_failure_through_ingest_compliance_ticketing_and_dunning(fresh_db_u
         links = q(url, """SELECT data->>'ref' FROM ticket_event WHERE ticket_id = %s AND action = 'link'
                           AND data->>'kind' = 'dunning_hold'""", (ticket_id,))
         assert links == [(f"{ids[code]}:{season}",)]
-    # a refund line for every affected household, paid or not (R22); IoT-only days count once a 测温
-    # confirms them unless the region lets IoT count (R13): until then they are provisional
-    for code in affected:
+    # a refund line for every heated household of the failed substation, paid or not: the outage is the
+    # supplier's own incident (R25), refunded now without a 测温 — 报停 households expect no heat (R29) —
+    # and the fault day counts once, as a stoppage day, never also under a temperature tier (R24).
+    # Other IoT-only days count once a 测温 confirms them unless the region lets IoT count (R13).
+    for code in s02_active:
         days, amount, prov_days, prov_amount, basis = refund_lines[code]
-        lines = basis["lines"] if season_policy.iot_counts_for_refund else basis["provisional_lines"]
-        assert fault_day.isoformat() in {ln["day"] for ln in lines}, (code, basis)
-        if season_policy.iot_counts_for_refund:
-            assert days >= 1 and amount > Decimal("0"), (code, days, amount)
-        else:
-            assert (days, amount) == (0, Decimal("0.00")), refund_lines[code]
-            assert prov_days >= 1 and prov_amount > 0, refund_lines[code]
+        counted_lines = {ln["day"]: ln["basis"] for ln in basis["lines"]}
+        assert counted_lines.get(fault_day.isoformat()) == "stoppage", (code, basis)
+        assert fault_day.isoformat() not in {ln["day"] for ln in basis["provisional_lines"]}, (code, basis)
+        assert days >= 1 and amount > Decimal("0"), (code, days, amount)
     for code in groups["affected_paid"] | groups["other_paid"]:
         assert dec[code][0] == "skip" and dec[code][1] == ["paid_up"], (code, dec[code])
     for code in groups["other_arrears"]:
@@ -375,7 +374,7 @@ def test_pump_failure_through_ingest_compliance_ticketing_and_dunning(fresh_db_u
         assert (action, step) == ("send", step1.step), (code, dec[code])
         assert outbox[code][0] == step1.template, code
         assert code not in holds and code not in temp_tests, code
-    assert set(refund_lines) == affected
+    assert set(refund_lines) == s02_active and affected <= s02_active
     assert set(holds) == groups["affected_arrears"]
     assert set(outbox) == groups["other_arrears"]
 
