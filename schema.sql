@@ -396,6 +396,9 @@ CREATE INDEX IF NOT EXISTS ticket_building_type_idx ON ticket (building_id, type
 CREATE INDEX IF NOT EXISTS ticket_status_idx ON ticket (status, type);
 CREATE INDEX IF NOT EXISTS ticket_reported_idx ON ticket (reported_at);
 CREATE INDEX IF NOT EXISTS ticket_parent_idx ON ticket (parent_id);
+-- Incidents (outages) are few among a million tickets; refunds (R25 stoppage days), the dunning gate and
+-- the screen pop look them up by type on every batch/call.
+CREATE INDEX IF NOT EXISTS ticket_incident_idx ON ticket (reported_at) WHERE type = 'incident';
 -- Auto tickets open ONCE per episode (field-lessons.md "Stale data": one incident, not a storm):
 -- the database refuses a second open auto ticket for the same household / substation / sensor.
 CREATE UNIQUE INDEX IF NOT EXISTS ticket_auto_household_once ON ticket (household_id, type)
