@@ -167,7 +167,7 @@ def household_curve(conn: psycopg.Connection, household_id: int, start: dt.datet
         for d in r["device_ids"]:
             if r["id"] in room_series:
                 rooms_of_device.setdefault(d, []).append(room_series[r["id"]])
-    gaps = Q.device_gaps(conn, devices + Q.substation_device_ids(conn, ctx["substation_id"]), start, end)
+    gaps = Q.device_gaps(conn, devices, start, end, substation_id=ctx["substation_id"])
     for g in gaps:
         # a bucket wholly inside a known outage is blanked for that device's series only (a bucket
         # with no valid sample is None already; partly covered buckets keep the samples they have)

@@ -101,17 +101,16 @@ def weather_days(conn: psycopg.Connection, station_code: str | None, day_from: d
                               AND day BETWEEN %s AND %s ORDER BY day""", (station_code, day_from, day_to)).fetchall()
 
 
-def device_gaps(conn: psycopg.Connection, device_ids: Sequence[str], start: dt.datetime, end: dt.datetime) -> list[dict]:
-    """Known device outages overlapping [start, end) (an open gap has ended_at NULL)."""
+def device_gaps(conn: psycopg.Connection, device_ids: Sequence[str], start: dt.datetime, end: dt.datetime, *,
+                substation_id: int | None = None) -> list[dict]:
+    """Known device outages overlapping [start, end) (an open gap has ended_at NULL) of ``device_ids`` and,
+    with ``substation_id``, of that substation's devices too (one statement for the curve)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute("""SELECT device_id, started_at, ended_at, reason FROM device_gap
-                               WHERE device_id = ANY(%s) AND started_at < %s AND (ended_at IS NULL OR ended_at > %s)
-                               ORDER BY started_at""", (list(device_ids), end, start)).fetchall()
-
-
-def substation_device_ids(conn: psycopg.Connection, substation_id: int) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT DISTINCT device_id FROM sensor WHERE substation_id = %s",
-                                       (substation_id,)).fetchall()]
+                               WHERE (device_id = ANY(%s)
+                                      OR device_id IN (SELECT device_id FROM sensor WHERE substation_id = %s))
+                                 AND started_at < %s AND (ended_at IS NULL OR ended_at > %s)
+                               ORDER BY started_at""", (list(device_ids), substation_id, end, start)).fetchall()
 
 
 def raw_room_samples(conn: psycopg.Connection, household_id: int, start: dt.datetime, end: dt.datetime) -> list[tuple]:
