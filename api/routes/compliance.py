@@ -1,8 +1,9 @@
 """Compliance verdicts of a household (室温达标, GB/T 33833-2017 §5.1, domain.md R19–R20) and refunds (R22)."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query
 
@@ -12,8 +13,15 @@ from analytics.substation import compliance_rate
 from api.auth import User
 from api.deps import Conn, require_household_access, require_scopes
 from api.errors import ApiError
+from core.config import get_settings
 
 router = APIRouter(tags=["compliance"])
+
+
+def _today() -> date:
+    """Local calendar day (settings.timezone): compliance days and stoppage days are local days."""
+    return datetime.now(ZoneInfo(get_settings().timezone)).date()
+
 
 Reader = Annotated[User, Depends(require_scopes("curves:read"))]
 Finance = Annotated[User, Depends(require_scopes("dunning:read"))]
@@ -66,8 +74,9 @@ def refund(household_id: int, conn: Conn, user: Finance,
            confirmed: Annotated[list[date] | None, Query(description="days confirmed non-compliant (R13)")] = None) -> dict:
     require_household_access(conn, user, household_id)
     try:
+        # an outage still open counts up to today (R25), not to the season end
         st = refund_for_household(conn, household_id, season, season_fee=season_fee, base_fee=base_fee,
-                                  confirmed=set(confirmed or ()))
+                                  confirmed=set(confirmed or ()), as_of=_today())
     except ValueError as exc:
         raise ApiError(422, "validation_error", str(exc)) from exc
     return st.as_dict()
