@@ -112,6 +112,10 @@ CREATE TABLE IF NOT EXISTS pii.household_contact (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS household_contact_phone_idx ON pii.household_contact (phone_index);
+-- SM3-HMAC(key, 'name' ‖ NFKC full name): exact-name search by index at any scale (partial names still
+-- decrypt a bounded scan, api/queries.py). Filled by core.pii.store_contact; older rows by backfill_name_index.
+ALTER TABLE pii.household_contact ADD COLUMN IF NOT EXISTS name_index bytea;
+CREATE INDEX IF NOT EXISTS household_contact_name_idx ON pii.household_contact (name_index);
 
 -- ============================================================================================
 -- == telemetry (core / ingest) ================================================================

@@ -35,7 +35,7 @@ from api.auth import LoginThrottle
 from api.metrics import Metrics
 from core.config import Settings, get_settings
 from core.db import make_pool
-from core.pii import FieldCipher
+from core.pii import FieldCipher, backfill_name_index
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     bootstrap_users(conn, admin_password=admin_password, demo=demo)
             except Exception:  # noqa: BLE001 — the API still serves; rerun with `python -m api.bootstrap`
                 log.exception("user bootstrap failed")
+        if app.state.cipher is not None:
+            try:
+                with pool.connection() as conn:
+                    n = backfill_name_index(conn, app.state.cipher)
+                if n:
+                    log.info("name search index filled for %d contacts stored before it existed", n)
+            except Exception:  # noqa: BLE001 — exact-name search falls back to the bounded scan meanwhile
+                log.exception("name index backfill failed")
         log.info("heatdesk api started", extra={"routers": app.state.routers})
         try:
             yield

@@ -15,7 +15,7 @@ from datetime import datetime
 import psycopg
 from psycopg.rows import dict_row
 
-from core.pii import FieldCipher, normalise_phone
+from core.pii import FieldCipher, normalise_name, normalise_phone
 
 _HOUSEHOLD_LIST_COLS = """
     h.id AS household_id, h.code, h.floor, h.area_m2, h.heating_status, c.name AS community, c.code AS community_code,
@@ -113,21 +113,34 @@ def search_by_address(conn: psycopg.Connection, branch_ids, address: str, limit:
 
 def search_by_name(conn: psycopg.Connection, cipher: FieldCipher, branch_ids, name: str, limit: int,
                    offset: int) -> tuple[list[dict], bool]:
-    """(rows, truncated). Exact full names rank before partial matches."""
+    """(rows, truncated). Exact full names first — found through the name blind index in the whole scope,
+    however large — then partial matches from a decrypting scan of at most NAME_SCAN_MAX contacts
+    (``truncated`` says that scan did not reach every contact in scope)."""
     name = name.strip()
     with conn.cursor() as cur:
-        blobs = cur.execute(
-            f"""SELECT h.id, pc.name_enc {_HOUSEHOLD_JOINS} JOIN pii.household_contact pc ON pc.household_id = h.id
-                 WHERE br.id = ANY(%s) AND pc.name_enc IS NOT NULL ORDER BY h.id LIMIT %s""",
-            (list(branch_ids), NAME_SCAN_MAX + 1)).fetchall()
-    truncated = len(blobs) > NAME_SCAN_MAX
-    exact, partial = [], []
-    for hid, blob in blobs[:NAME_SCAN_MAX]:
-        full = cipher.decrypt(blob) or ""
-        if full == name:
-            exact.append(hid)
-        elif name in full:
-            partial.append(hid)
+        exact = [r[0] for r in cur.execute(
+            f"""SELECT h.id {_HOUSEHOLD_JOINS} JOIN pii.household_contact pc ON pc.household_id = h.id
+                 WHERE br.id = ANY(%s) AND pc.name_index = %s ORDER BY h.id""",
+            (list(branch_ids), cipher.name_index(name))).fetchall()]
+        partial: list[int] = []
+        truncated = False
+        if offset + limit > len(exact):
+            blobs = cur.execute(
+                f"""SELECT h.id, pc.name_enc, pc.name_index IS NULL {_HOUSEHOLD_JOINS}
+                      JOIN pii.household_contact pc ON pc.household_id = h.id
+                     WHERE br.id = ANY(%s) AND pc.name_enc IS NOT NULL ORDER BY h.id LIMIT %s""",
+                (list(branch_ids), NAME_SCAN_MAX + 1)).fetchall()
+            truncated = len(blobs) > NAME_SCAN_MAX
+            seen = set(exact)
+            wanted = normalise_name(name)
+            for hid, blob, unindexed in blobs[:NAME_SCAN_MAX]:
+                if hid in seen:
+                    continue
+                full = normalise_name(cipher.decrypt(blob) or "")
+                if full == wanted and unindexed:
+                    exact.append(hid)          # stored before the index existed (backfill_name_index)
+                elif wanted in full:
+                    partial.append(hid)
     ids = (exact + partial)[offset:offset + limit]
     if not ids:
         return [], truncated

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -47,6 +48,19 @@ class FieldCipher:
         h = hmac.HMAC(self._idx_key, hashes.SM3())
         h.update(normalise_phone(phone).encode("ascii"))
         return h.finalize()
+
+
+    def name_index(self, name: str) -> bytes:
+        """Deterministic keyed hash of a full name (NFKC, no spaces): exact-name search without decrypting.
+        Domain-separated from the phone index, so equal strings never give equal index values across fields."""
+        h = hmac.HMAC(self._idx_key, hashes.SM3())
+        h.update(b"name\x00" + normalise_name(name).encode("utf-8"))
+        return h.finalize()
+
+
+def normalise_name(name: str) -> str:
+    """Full-width/half-width folded (NFKC) and without any whitespace: '王 伟' and '王伟' are one name."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", name or ""))
 
 
 def normalise_phone(phone: str) -> str:
@@ -88,11 +102,30 @@ def store_contact(conn, cipher: FieldCipher, household_id: int, name: str | None
                   address: str | None) -> None:
     """Upsert a household's contact, encrypted; the only writer of pii.household_contact."""
     conn.execute(
-        """INSERT INTO pii.household_contact (household_id, name_enc, phone_enc, phone_index, address_enc, key_version)
-           VALUES (%s, %s, %s, %s, %s, %s)
+        """INSERT INTO pii.household_contact (household_id, name_enc, phone_enc, phone_index, address_enc, key_version,
+                                             name_index)
+           VALUES (%s, %s, %s, %s, %s, %s, %s)
            ON CONFLICT (household_id) DO UPDATE SET name_enc = EXCLUDED.name_enc, phone_enc = EXCLUDED.phone_enc,
                phone_index = EXCLUDED.phone_index, address_enc = EXCLUDED.address_enc,
-               key_version = EXCLUDED.key_version, updated_at = now()""",
+               key_version = EXCLUDED.key_version, name_index = EXCLUDED.name_index, updated_at = now()""",
         (household_id, cipher.encrypt(name), cipher.encrypt(phone),
-         cipher.phone_index(phone) if phone else None, cipher.encrypt(address), KEY_VERSION),
+         cipher.phone_index(phone) if phone else None, cipher.encrypt(address), KEY_VERSION,
+         cipher.name_index(name) if name else None),
     )
+
+
+def backfill_name_index(conn, cipher: FieldCipher, batch: int = 5000) -> int:
+    """Fill name_index for contacts stored before it existed (decrypts each such name once); returns the
+    count. Idempotent and cheap when nothing is missing: run at API bootstrap."""
+    done = 0
+    while True:
+        rows = conn.execute("""SELECT household_id, name_enc FROM pii.household_contact
+                                WHERE name_index IS NULL AND name_enc IS NOT NULL ORDER BY household_id LIMIT %s""",
+                            (batch,)).fetchall()
+        if not rows:
+            return done
+        with conn.cursor() as cur:
+            cur.executemany("UPDATE pii.household_contact SET name_index = %s WHERE household_id = %s",
+                            [(cipher.name_index(cipher.decrypt(blob) or ""), hid) for hid, blob in rows])
+        conn.commit()
+        done += len(rows)

@@ -38,6 +38,17 @@ def test_free_text_query_guesses_the_kind(api):
     assert r["kind"] == "name" and [i["code"] for i in r["items"]] == ["AT-H12"]
 
 
+def test_exact_name_is_found_by_index_beyond_the_partial_scan(api, monkeypatch):
+    import api.queries as q
+    monkeypatch.setattr(q, "NAME_SCAN_MAX", 0)            # the decrypting scan reaches nobody
+    r = api.get("/households", "at_agent", params={"name": "李秀英"}).json()
+    assert [i["code"] for i in r["items"]] == ["AT-H12"]   # exact full name: the blind index
+    r = api.get("/households", "at_agent", params={"name": "李 秀英"}).json()
+    assert [i["code"] for i in r["items"]] == ["AT-H12"]   # normalised like the stored index
+    r = api.get("/households", "at_agent", params={"name": "秀英"}).json()
+    assert r["items"] == [] and r["truncated"] is True     # partial names need the scan, and say so
+
+
 def test_search_never_leaves_the_callers_branch(api):
     # 王芳 lives in branch AT-B2: the B1 agent cannot find her by any key, the B2 agent can.
     for params in ({"phone": "13600001111"}, {"name": "王芳"}, {"code": "AT-H21"}, {"address": "河畔家园1号楼"}):

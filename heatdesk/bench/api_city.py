@@ -152,15 +152,16 @@ def _contacts(conn, cipher: FieldCipher, households: int) -> None:
     t0 = time.perf_counter()
     surnames, given = "王李张刘陈杨赵黄周吴", "伟芳娜敏静丽强磊洋艳"
     with conn.cursor().copy("""COPY pii.household_contact (household_id, name_enc, phone_enc, phone_index,
-                                                           address_enc, key_version) FROM STDIN""") as cp:
+                                                           address_enc, key_version, name_index) FROM STDIN""") as cp:
         for hid in range(1, households + 1):
             phone = phone_of(hid)
             unit = 1 + (hid - 1) // PER_UNIT
             k = (hid - 1) % PER_UNIT
             address = f"天津市滨海新区小区{1 + (unit - 1) // (UNITS_PER_BUILDING * BUILDINGS_PER_SUBSTATION)}" \
                       f"{unit}单元{k // 2 + 1}{k % 2 + 1:02d}室"
-            cp.write_row((hid, cipher.encrypt(surnames[hid % 10] + given[hid // 10 % 10]), cipher.encrypt(phone),
-                          cipher.phone_index(phone), cipher.encrypt(address), KEY_VERSION))
+            name = surnames[hid % 10] + given[hid // 10 % 10]
+            cp.write_row((hid, cipher.encrypt(name), cipher.encrypt(phone), cipher.phone_index(phone),
+                          cipher.encrypt(address), KEY_VERSION, cipher.name_index(name)))
     conn.commit()
     log.info("bench city: %d encrypted contacts in %.1f s", households, time.perf_counter() - t0)
 
