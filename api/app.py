@@ -160,7 +160,7 @@ def _load_routers(app: FastAPI) -> None:
             continue
         router = getattr(module, "router", None)
         if router is not None:
-            app.include_router(router)
+            app.include_router(router, responses=errors.PROBLEM_RESPONSES)
             app.state.routers.append(name)
 
 

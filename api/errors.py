@@ -19,6 +19,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
@@ -28,6 +29,33 @@ log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://heatdesk.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """The body of every error answer (declared in the OpenAPI schema as ``PROBLEM_RESPONSES``)."""
+
+    model_config = ConfigDict(extra="allow")  # RFC 9457 extension members, e.g. ``allowed``
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str
+    request_id: str | None = None
+    #: validation errors only: ``{"loc": [...], "msg": ..., "type": ...}`` per field
+    errors: list[dict] | None = None
+
+
+#: Declared on every router (api.app._load_routers): any route may answer a 4xx (401, 403, 404, 409, 422,
+#: 429 …) or a 5xx (503 when the database is unavailable) as a problem. Replaces FastAPI's default 422
+#: declaration (``HTTPValidationError`` as application/json), which is not what the app sends.
+PROBLEM_RESPONSES: dict = {
+    status: {"description": description,
+             "content": {PROBLEM_MEDIA_TYPE: {"schema": Problem.model_json_schema()}}}
+    for status, description in (("4XX", "Client error: RFC 9457 problem details"),
+                                ("5XX", "Server error: RFC 9457 problem details"))
+}
 
 
 class ApiError(HTTPException):

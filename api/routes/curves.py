@@ -42,7 +42,9 @@ def _series_cache(request: Request) -> SharedSeriesCache:
 
 
 @router.get("/households/{household_id}/curve",
-            summary="Room temperature curve: per room mean/min/max, outdoor, substation supply/return, verdicts")
+            summary="Room temperature curve: per room mean/min/max, outdoor, substation supply/return, verdicts",
+            responses={200: {"description": "the curve as JSON, or the chart when format=png|svg",
+                             "content": {"application/json": {}, "image/png": {}, "image/svg+xml": {}}}})
 def curve(request: Request, household_id: int, conn: Conn, user: CurveReader, start: From = None, end: To = None,
           bucket: Annotated[int | None, Query(ge=300, le=86400, description="bucket width in s; default from the span")] = None,
           format: Annotated[Literal["json", "png", "svg"], Query(description="json (default), png or svg")] = "json",
@@ -61,8 +63,9 @@ def curve(request: Request, household_id: int, conn: Conn, user: CurveReader, st
                     headers={"Cache-Control": "private, max-age=60"})
 
 
-@router.get("/households/{household_id}/evidence.pdf",
-            summary="Evidence pack (PDF): curve, daily table, coverage, policy and rules cited, versions, SHA-256")
+@router.get("/households/{household_id}/evidence.pdf", response_class=Response,
+            summary="Evidence pack (PDF): curve, daily table, coverage, policy and rules cited, versions, SHA-256",
+            responses={200: {"description": "the evidence pack", "content": {"application/pdf": {}}}})
 def evidence_pack(request: Request, household_id: int, conn: Conn, user: CurveReader, start: From = None,
                   end: To = None, lang: Annotated[Literal["zh", "en"] | None, Query()] = None) -> Response:
     require_household_access(conn, user, household_id)

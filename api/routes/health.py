@@ -14,7 +14,9 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database reachable, schema applied, every router loaded")
+@router.get("/readyz", summary="Readiness: database reachable, schema applied, every router loaded",
+            responses={503: {"description": "Not ready: the same body with status not_ready (not a problem)",
+                             "content": {"application/json": {"schema": {"type": "object"}}}}})
 def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     body: dict = {"status": "ok", "database": "ok", "routers": state.routers, "router_errors": state.router_errors,
@@ -34,7 +36,10 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics: request latency, ingest rates, rejects, backlog")
+@router.get("/metrics", summary="Prometheus metrics: request latency, ingest rates, rejects, backlog",
+            response_class=Response,
+            responses={200: {"description": "Prometheus text exposition format",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(request: Request) -> Response:
     data, content_type = request.app.state.metrics.render()
     return Response(data, media_type=content_type)

@@ -50,7 +50,10 @@ def open_by_community(conn: Conn, user: Reporter) -> dict:
     return {"items": reports.open_by_community(conn, company_ids=companies, substation_ids=subs)}
 
 
-@router.get("/reports/tickets.xlsx", summary="The ticket report as an Excel workbook")
+@router.get("/reports/tickets.xlsx", summary="The ticket report as an Excel workbook", response_class=Response,
+            responses={200: {"description": "Excel workbook, one sheet per table", "content": {
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet":
+                    {"schema": {"type": "string", "format": "binary"}}}}})
 def ticket_report_xlsx(conn: Conn, user: Reporter, rng: TimeRangeDep) -> Response:
     data = reports.to_xlsx(reports.kpi_sheets(*_all(conn, user, rng)))
     return Response(data, media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -61,7 +64,8 @@ TABLE_ALIASES = {"summary": "汇总", "by_type": "按类型", "by_day": "按日"
                  "by_substation": "按换热站", "complaint_rate": "投诉率", "open_by_community": "未办结分布"}
 
 
-@router.get("/reports/tickets.csv", summary="One table of the ticket report as CSV")
+@router.get("/reports/tickets.csv", summary="One table of the ticket report as CSV", response_class=Response,
+            responses={200: {"description": "CSV (UTF-8)", "content": {"text/csv": {"schema": {"type": "string"}}}}})
 def ticket_report_csv(conn: Conn, user: Reporter, rng: TimeRangeDep,
                       table: Annotated[Literal["summary", "by_type", "by_day", "by_community", "by_substation",
                                                "complaint_rate", "open_by_community"], Query()] = "summary"
