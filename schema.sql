@@ -147,6 +147,8 @@ CREATE INDEX IF NOT EXISTS sensor_device_idx ON sensor (device_id);
 -- Outdoor thermometers are found by metric (at the substation OR the weather station): without this a
 -- curve scanned all 200 k sensors of a 100 k-household city for them (bench api, issue 6).
 CREATE INDEX IF NOT EXISTS sensor_metric_idx ON sensor (metric);
+-- Rooms → their thermometers (every curve, verdict and diagnosis): without it each curve scanned all sensors.
+CREATE INDEX IF NOT EXISTS sensor_room_idx ON sensor (room_id);
 
 -- Narrow readings table. Unique key includes time (TimescaleDB requirement, field-lessons.md).
 CREATE TABLE IF NOT EXISTS readings (
