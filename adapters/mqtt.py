@@ -12,7 +12,10 @@ What the peers got wrong and how this module avoids it (field-lessons.md, MQTT):
   ``max_inflight_messages`` default is 20; for MQTT 5 clients Mosquitto uses the client's
   ReceiveMaximum instead, measured in tests/test_adapters_mqtt.py);
 * subscriptions are (re)made in on_connect, so they survive auto-reconnect (#573);
-* on_message is tiny and never raises (#867, #328): decode (pure, adapters/payload.py) → submit.
+* on_message is tiny and never raises (#867, #328): decode (pure, adapters/payload.py) → submit;
+* keep-alive that survives overload (``_IngestClient``): traffic counts as keep-alive, and a
+  PINGRESP queued behind PUBLISH data is late, not lost (docs/ingest.md, "Keep-alive under
+  sustained overload").
 
 Acks are tagged with the connection generation: after a reconnect the broker re-sends every
 un-acked message with its old packet id, and an ack from the previous connection could otherwise
@@ -39,14 +42,79 @@ from adapters.payload import MAX_REJECT_PAYLOAD, SubscriptionDecoder, decoders_f
 log = logging.getLogger(__name__)
 
 #: QoS 1 messages the broker may send before our PUBACKs: four 5 000-row batches, enough to keep a
-#: batch committing while the next fills. Deliberately well below the MQTT 5 maximum (65 535): the
-#: window is also the queue a PINGRESP waits behind, and with ingest's lanes bounded at 100 000 a
-#: reconnect's redeliveries on top of held originals must never fill them and block on_message inside
-#: paho's network loop (keep-alive timeouts under sustained overload, docs/ingest.md).
+#: batch committing while the next fills. Below the MQTT 5 maximum (65 535) so that a reconnect's
+#: redeliveries on top of held originals stay far below ingest's 100 000-delivery lane. Note: it
+#: does NOT bound what a PINGRESP waits behind — measured on Mosquitto 2.0.11 with a consumer that
+#: acks, ~5 MB (~55 000 PUBLISH) sat unread on the socket with ReceiveMaximum 2 000 as with 20 000;
+#: _IngestClient handles that.
 RECEIVE_MAXIMUM = 20_000
 KEEPALIVE_S = 30
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+
+
+class _IngestClient(mqtt.Client):
+    """paho's Client with a keep-alive that does not kill a busy connection.
+
+    paho-mqtt 2.2.0 (pinned in pyproject.toml; this overrides private methods ``_sock_send``,
+    ``_send_pingreq`` and ``_handle_pingresp`` and the public ``loop_misc``, guarded by
+    tests/test_mqtt_keepalive.py) has two behaviours that together dropped our connection every
+    60–90 s whenever the publisher outran us (docs/ingest.md):
+
+    1. ``_packet_write`` returns from inside its loop before refreshing ``_last_msg_out``, so a
+       PINGREQ goes out every keep-alive period however many PUBACKs we send (paho #813; MQTT-3.1.2-20
+       says PINGREQ only "in the absence of sending any other Control Packets"). Fixed here by
+       counting every successful socket write as outgoing activity (``_sock_send``).
+    2. ``loop_misc`` closes the connection when a PINGRESP is not *processed* within the keep-alive,
+       even while PUBLISH packets keep arriving. Under overload the broker queues the PINGRESP behind
+       everything it has queued for us — measured 12 s growing to 105 s as the backlog grew, at
+       6.5 k/s — so a slow consumer looked dead although bytes never stopped (cf. paho.mqtt.c #570, "premature
+       PINGRESP not received"). Whether stock paho then disconnects or re-pings is a race (an
+       iteration landing between ``_check_keepalive``'s clock read and ``_send_pingreq`` setting
+       ``_ping_t``, a window widened when the ingest thread holds the GIL), hence "every 60–90 s"
+       rather than on every late PINGRESP. Here a link is dead only when a PINGREQ is outstanding
+       and *nothing* has arrived for a keep-alive period — paho's own rule in ``_check_keepalive``;
+       the "PINGRESP late although data flows" rule is dropped (``loop_misc``).
+
+    A dead broker or a half-open link is still detected: no bytes for a keep-alive → PINGREQ → no
+    bytes for another keep-alive → "Keep alive timeout" and reconnect. The broker's side is kept as
+    well: it hears a packet from us (PUBACK or PINGREQ) at least every keep-alive period.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pings_sent = 0
+        self.pingresp_max_wait_s = 0.0     # longest PINGREQ → PINGRESP seen (how deep the broker's queue was)
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        n = super()._sock_send(buf)
+        if n > 0:
+            with self._msgtime_mutex:
+                self._last_msg_out = mqtt.time_func()
+        return n
+
+    def _send_pingreq(self) -> mqtt.MQTTErrorCode:
+        pending = self._ping_t
+        rc = super()._send_pingreq()
+        if pending:
+            self._ping_t = pending        # a PINGREQ was already outstanding: measure from the first one
+        self.pings_sent += 1
+        return rc
+
+    def _handle_pingresp(self) -> mqtt.MQTTErrorCode:
+        if self._ping_t:
+            self.pingresp_max_wait_s = max(self.pingresp_max_wait_s, mqtt.time_func() - self._ping_t)
+        return super()._handle_pingresp()
+
+    def loop_misc(self) -> mqtt.MQTTErrorCode:
+        """paho's loop_misc without the "PINGRESP overdue" disconnect: ``_check_keepalive`` sends
+        PINGREQs and closes the link after a keep-alive period of silence with a PINGREQ outstanding."""
+        if self._sock is None:
+            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+        self._check_keepalive()
+        if self._sock is None:
+            return mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:
@@ -83,11 +151,13 @@ class _Connection:
         self._fail_reported = False
         self.received = 0
         self.stale_acks = 0               # acks dropped because the connection changed since the message
+        self.disconnects = 0              # unexpected disconnects (each followed by a reconnect)
+        self.keepalive_timeouts = 0       # of which paho's client-side "Keep alive timeout"
         #: set when the broker granted every subscription of this connection (cleared on disconnect)
         self.subscribed = threading.Event()
 
-        c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv5, manual_ack=True)
+        c = _IngestClient(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                          protocol=mqtt.MQTTv5, manual_ack=True)
         if device.username:
             c.username_pw_set(device.username, device.password)
         if tls:
@@ -175,6 +245,9 @@ class _Connection:
             if self.adapter._stopping.is_set():
                 log.info("device %s: disconnected", self.device.id)
             else:
+                self.disconnects += 1
+                if str(reason_code) == "Keep alive timeout":
+                    self.keepalive_timeouts += 1
                 log.warning("device %s: disconnected from %s:%s: %s (reconnecting)", self.device.id, self.host,
                             self.port, reason_code)
             self._event("disconnected", str(reason_code))
@@ -248,6 +321,16 @@ class MqttAdapter(Adapter):
 
     def is_connected(self) -> bool:
         return all(c.connected for c in self.connections)
+
+    def counters(self) -> dict:
+        """Connection health summed over devices (bench and status): unexpected disconnects, of which
+        client-side keep-alive timeouts, PINGREQs sent and the longest PINGRESP wait."""
+        cs = self.connections
+        return {"disconnects": sum(c.disconnects for c in cs),
+                "keepalive_timeouts": sum(c.keepalive_timeouts for c in cs),
+                "stale_acks": sum(c.stale_acks for c in cs),
+                "pings_sent": sum(c.client.pings_sent for c in cs),
+                "pingresp_max_wait_s": round(max((c.client.pingresp_max_wait_s for c in cs), default=0.0), 1)}
 
     def is_subscribed(self) -> bool:
         """Connected and every subscription granted: from now on the broker keeps our messages."""

@@ -11,8 +11,13 @@ speed) and the same broker for the MQTT ones:
   (d) naive — a paho consumer that INSERTs and COMMITs each message as it arrives (auto-ack).
 
 Ratios c/min(a, b) and c/d; lost and duplicated (database vs. what the broker acknowledged to the
-publisher); RSS of this process sampled during (c) to show memory stays flat; modbus polls/s from
-heatdesk.bench.modbus when that module exists.
+publisher); RSS of this process (the ingest side: adapter + service; the publisher is another process)
+sampled every second during (c) — reported every 10 s in ``rss_mb_samples`` and summarised as
+``rss_mb_first_minute`` / ``rss_mb_last_minute`` (max RSS in the first / last 60 s; with --duration
+the last 60 s of publishing, ``live_s``) and ``rss_growth_mb`` (their difference), with
+``rss_mb_drain_max`` for the drain after a live run; the MQTT connection's health during (c) from the adapter's
+counters (``mqtt_disconnects``, ``mqtt_keepalive_timeouts``, PINGREQs sent and the longest PINGRESP
+wait); modbus polls/s from heatdesk.bench.modbus when that module exists.
 
 How the MQTT figures are taken: the consumer's persistent session is created, taken offline, the
 publisher process publishes N readings at full speed into the broker's queue for it, then the
@@ -22,7 +27,11 @@ reported beside it. ``--duration S`` instead runs (c) live for S seconds (publis
 the same time) — the memory-flatness run.
 
 The broker: HEATDESK_MQTT_URL when set (it must queue N messages per offline client — Mosquitto's
-default max_queued_messages is 1000), else a private Mosquitto started with core.broker's settings.
+default max_queued_messages is 1000 — and, with --duration, the whole live backlog), else a private
+Mosquitto started with core.broker's settings but no per-client queue limit (_BenchBroker).
+
+Every drain waits for progress, not for a fixed total: it fails only if nothing arrives for STALL_S,
+and the publisher's count is only read once its process has finished (_Pub.join).
 """
 from __future__ import annotations
 
@@ -126,6 +135,7 @@ class _Pub:
     """A publisher in its own process; start() releases it, join() returns what the broker acknowledged."""
 
     def __init__(self, url: str, root: str, first: int, n: int, duration: float | None = None):
+        self.duration = duration
         ctx = mp.get_context("spawn")
         self.sent = ctx.Value("q", 0)
         self.rate = ctx.Value("d", 0.0)
@@ -140,7 +150,21 @@ class _Pub:
         self.go.set()
 
     def join(self) -> int:
-        self.proc.join(300)
+        """Wait for the publisher to finish and return its count — never a partial one.
+
+        This used to be ``proc.join(300)`` whatever the duration: a ``--duration 600`` run went on
+        after 300 s with the count so far, (c) "finished" against it, and the still-running live
+        publisher kept flooding the broker through (d). Worse, its shared counter's memory was freed
+        with (c)'s _Pub and handed to (d)'s, so the old publisher kept adding to (d)'s target
+        (measured: "stalled at 3000 of 19000") — the naive phase's timeout after long runs."""
+        limit = (self.duration or 0) + 300
+        self.proc.join(limit)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(10)
+            raise RuntimeError(f"bench: publisher still running after {limit:.0f} s; killed")
+        if self.proc.exitcode != 0:
+            raise RuntimeError(f"bench: publisher exited with code {self.proc.exitcode}")
         return int(self.sent.value)
 
 
@@ -175,6 +199,28 @@ class _TimedService(IngestService):
         if self.first is None:
             self.first = time.perf_counter()
         super().submit(delivery)
+
+
+class _BenchBroker(PrivateBroker):
+    """core.broker's private Mosquitto with no per-client queue limit (``max_queued_messages 0``).
+
+    In --duration mode the publisher outruns the consumer on purpose, so the broker's queue for (c)
+    grows by (publisher - consumer) per second for the whole run. With core.broker's 1 000 000 a
+    10-minute run hit the limit after 520 s ("Outgoing messages are being dropped for client …-c-bench"
+    in mosquitto.log) and 218 323 readings were dropped by the broker — a broker setting
+    (docs/ingest.md, max_queued_messages), not the ingest under test."""
+
+    def start(self) -> None:
+        import core.broker as cb
+        conf = cb.MOSQUITTO_CONF
+        unlimited = conf.replace("max_queued_messages 1000000", "max_queued_messages 0")
+        if unlimited == conf:
+            raise RuntimeError("core.broker.MOSQUITTO_CONF changed: update _BenchBroker")
+        cb.MOSQUITTO_CONF = unlimited
+        try:
+            super().start()
+        finally:
+            cb.MOSQUITTO_CONF = conf
 
 
 def _rss_mb() -> float:
@@ -254,31 +300,37 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
     def consumer():
         return MqttAdapter(cfg.by_protocol("mqtt"), svc, config=cfg, settings=settings)
 
-    rss: list[float] = []
+    rss: list[tuple[float, float]] = []           # (seconds since the start of (c)'s traffic, MB)
     stop = threading.Event()
+    t0 = time.monotonic()
+    live_s: float | None = None                     # when the live publisher finished (sampling clock)
 
     def sample() -> None:
         while not stop.is_set():
-            rss.append(round(_rss_mb(), 1))
-            stop.wait(0.5)
+            rss.append((round(time.monotonic() - t0, 1), round(_rss_mb(), 1)))
+            stop.wait(1.0)
 
     if duration:                                   # live: publisher and consumer run at the same time
         ad = consumer()
         ad.start()
         _wait(ad.is_subscribed, 15)
         pub = _Pub(settings.mqtt_url, root, first, 0, duration)
+        t0 = time.monotonic()
         threading.Thread(target=sample, daemon=True).start()
         pub.start()
         sent = pub.join()
+        live_s = round(time.monotonic() - t0, 1)
         pub_rate = float(pub.rate.value)
     else:
         ad, sent, pub_rate = _backlog(settings, root, first, n, consumer)
+        t0 = time.monotonic()
         threading.Thread(target=sample, daemon=True).start()
         ad.start()
-    _wait(lambda: svc.totals["inserted"] >= sent, 300)
+    _wait_progress(lambda: svc.totals["inserted"], sent, "(c) end to end")
     t_end = time.perf_counter()
     svc.drain(10)
     stop.set()
+    mqtt_health = ad.counters()
     ad.stop()
     svc.stop()
     with psycopg.connect(url) as c:
@@ -287,7 +339,8 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
     pool.close()
     return {"n": total, "sent": sent, "per_s": sent / (t_end - svc.first), "lost": max(0, sent - distinct),
             "duplicated": total - min(total, sent), "rss_mb": rss, "batches": svc.totals["batches"],
-            "acked": svc.totals["acked"], "publisher_per_s": pub_rate, "live": bool(duration)}
+            "acked": svc.totals["acked"], "publisher_per_s": pub_rate, "live": bool(duration),
+            "mqtt": mqtt_health, "live_s": live_s}
 
 
 class _Naive:
@@ -300,6 +353,7 @@ class _Naive:
 
         self.url, self.root = url, root
         self.n, self.first, self.last = 0, None, 0.0
+        self.error: str | None = None
         self.subscribed = threading.Event()
         self.conn = psycopg.connect(url)
         self.ids = {}
@@ -320,10 +374,15 @@ class _Naive:
     def _on_message(self, client, userdata, msg):
         if self.first is None:
             self.first = time.perf_counter()
-        doc = orjson.loads(msg.payload)
-        self.conn.execute("INSERT INTO readings (time, sensor_id, value) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                          (datetime.fromisoformat(doc["ts"]), self.ids[msg.topic.split("/")[-3]], doc["temp"]))
-        self.conn.commit()
+        try:
+            doc = orjson.loads(msg.payload)
+            self.conn.execute("INSERT INTO readings (time, sensor_id, value) VALUES (%s, %s, %s) "
+                              "ON CONFLICT DO NOTHING",
+                              (datetime.fromisoformat(doc["ts"]), self.ids[msg.topic.split("/")[-3]], doc["temp"]))
+            self.conn.commit()
+        except Exception as e:  # raised inside paho it would kill the network thread: a silent stall
+            self.error = f"{type(e).__name__}: {e}"
+            return
         self.n += 1
         self.last = time.perf_counter()
 
@@ -349,7 +408,7 @@ def _phase_naive(settings, url, root, n) -> dict:
 
     c, sent, pub_rate = _backlog(settings, root, 20_000_000, n, make)
     c.start()
-    _wait(lambda: c.n >= sent, 300)
+    _wait_progress(lambda: c.n, sent, "(d) naive", error=lambda: c.error)
     c.stop()
     for x in consumers:
         x.conn.close()
@@ -366,6 +425,28 @@ def _wait(cond, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"bench: condition not met in {timeout} s")
         time.sleep(0.01)
+
+
+#: a drain fails only when it stops making progress for this long (not after a fixed total): after a
+#: 10-minute overload run the broker's backlog alone takes minutes to drain
+STALL_S = 90.0
+
+
+def _wait_progress(count, target: int, what: str, stall_s: float = STALL_S, error=None) -> None:
+    """Wait until count() >= target; fail (with the figures) only if count() stops growing for stall_s
+    or error() reports a failure in the consumer."""
+    last, last_change = count(), time.monotonic()
+    while last < target:
+        time.sleep(0.05)
+        err = error() if error else None
+        if err:
+            raise RuntimeError(f"bench: {what}: consumer failed after {last} of {target}: {err}")
+        now_n = count()
+        if now_n != last:
+            last, last_change = now_n, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            raise TimeoutError(f"bench: {what}: stalled at {last} of {target} (no progress for {stall_s:.0f} s; "
+                               "did the broker drop messages? see its log)")
 
 
 def _modbus() -> tuple[float | None, str]:
@@ -396,7 +477,7 @@ def run(args) -> dict:
     if base.mqtt_url:
         mqtt_url = base.mqtt_url
     else:
-        broker = PrivateBroker(Path(tempfile.mkdtemp(prefix="hdbench-mqtt-")))
+        broker = _BenchBroker(Path(tempfile.mkdtemp(prefix="hdbench-mqtt-")))
         broker.start()
         mqtt_url = broker.url
     dbname = f"hd_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -425,6 +506,7 @@ def run(args) -> dict:
                                duration)
         say(f"(c) end to end        {c_['per_s']:>10.0f} readings/s  (MQTT QoS 1 → commit → ack; "
             f"{c_['batches']} commits, lost {c_['lost']}, duplicated {c_['duplicated']})")
+        _forget(mqtt_url, f"{client}-c-bench")     # (c)'s session is done: free the broker's state before (d)
         d = _phase_naive(settings, url, root + "/d", n_naive)
         say(f"(d) naive per-message {d['per_s']:>10.0f} readings/s  (INSERT + COMMIT per message, n={n_naive})")
         polls, polls_note = _modbus()
@@ -439,8 +521,17 @@ def run(args) -> dict:
         if broker is not None:
             broker.stop()
     ceiling = min(a["per_s"], b["per_s"])
-    rss = c_["rss_mb"]
+    samples = c_["rss_mb"]
+    rss = [mb for _, mb in samples]
     half = len(rss) // 2
+    t_last = samples[-1][0] if samples else 0.0
+    # live: the memory question is about the run itself, so "last minute" is the last minute of
+    # publishing; the drain afterwards is reported apart (there the consumer reads faster than it
+    # commits and the retained lane — bounded by max_unacked — fills, measured up to ~170 MB)
+    t_end = c_["live_s"] if c_["live_s"] is not None else t_last
+    first_min = [mb for t, mb in samples if t < 60]
+    last_min = [mb for t, mb in samples if t_end - 60 <= t <= t_end]
+    drain = [mb for t, mb in samples if t > t_end] if c_["live_s"] is not None else []
     result = {
         "n": n, "n_naive": n_naive, "cpus": os.cpu_count(), "broker": mqtt_url,
         "protocol_ceiling_per_s": round(a["per_s"]),
@@ -452,9 +543,21 @@ def run(args) -> dict:
         "ratio_end_to_end_vs_naive": round(c_["per_s"] / d["per_s"], 1),
         "publisher_per_s": round(c_["publisher_per_s"]), "end_to_end_live": c_["live"],
         "sent": c_["sent"], "stored": c_["n"], "lost": c_["lost"], "duplicated": c_["duplicated"],
-        "rss_mb_samples": rss,
+        "rss_sample_interval_s": 10,
+        "rss_mb_samples": rss[::10],
+        "rss_sampled_s": t_last,
         "rss_mb_first_half_max": max(rss[:half]) if half else None,
         "rss_mb_second_half_max": max(rss[half:]) if rss else None,
+        "rss_mb_first_minute": max(first_min) if first_min else None,
+        "rss_mb_last_minute": max(last_min) if last_min else None,
+        "rss_growth_mb": round(max(last_min) - max(first_min), 1) if first_min and last_min else None,
+        "live_s": c_["live_s"],
+        "rss_mb_drain_max": max(drain) if drain else None,
+        "mqtt_disconnects": c_["mqtt"]["disconnects"],
+        "mqtt_keepalive_timeouts": c_["mqtt"]["keepalive_timeouts"],
+        "mqtt_pings_sent": c_["mqtt"]["pings_sent"],
+        "mqtt_pingresp_max_wait_s": c_["mqtt"]["pingresp_max_wait_s"],
+        "load_avg_1min_end": round(os.getloadavg()[0], 2),
         "modbus_polls_per_s": polls, "modbus_note": polls_note,
     }
     if c_["live"]:
@@ -463,5 +566,7 @@ def run(args) -> dict:
         say(result["note"])
     say(f"ratios: c/min(a,b) = {result['ratio_end_to_end_vs_ceiling']:.2f} (target ≥ 0.70), "
         f"c/d = {result['ratio_end_to_end_vs_naive']:.1f} (target ≥ 10); RSS {rss[0] if rss else '?'} → "
-        f"{rss[-1] if rss else '?'} MB")
+        f"{rss[-1] if rss else '?'} MB (first minute {result['rss_mb_first_minute']}, last minute "
+        f"{result['rss_mb_last_minute']}); MQTT during (c): {result['mqtt_disconnects']} disconnects, "
+        f"{result['mqtt_keepalive_timeouts']} keep-alive timeouts")
     return result
