@@ -165,13 +165,17 @@ def _city(admin_url: str, shape: api_city.CityShape, keep: bool) -> tuple[str, s
     else:
         name = f"hd_bench_api_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     url = ensure_database(admin_url, name)
-    apply_schema(url)
     key_hex = new_key_hex()
     t0 = time.perf_counter()
     now = dt.datetime.now(dt.timezone.utc)
-    api_city.build(url, key_hex, shape, now)
-    if keep:
-        api_city.mark_complete(url, key_hex, now)
+    try:
+        apply_schema(url)
+        api_city.build(url, key_hex, shape, now)
+        if keep:
+            api_city.mark_complete(url, key_hex, now)
+    except BaseException:
+        drop_database(admin_url, name)      # a half-built city is of no use, kept or not
+        raise
     return name, url, key_hex, time.perf_counter() - t0, False
 
 
