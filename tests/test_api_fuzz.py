@@ -81,21 +81,7 @@ def _fill(api, path: str) -> str:
 import pytest  # noqa: E402
 
 
-#: Routes of other modules that still answer 5xx to junk (reported to their owners). Strict: when the
-#: owner fixes it the XPASS fails, and the entry must go.
-#: routes known to answer 5xx to junk values (strict xfail: the entry must go when fixed)
-KNOWN_5XX: dict[str, str] = {}
-
-
-def _cases():
-    for path, params in _get_operations():
-        if path in KNOWN_5XX:
-            yield pytest.param(path, params, marks=pytest.mark.xfail(strict=True, reason=KNOWN_5XX[path]))
-        else:
-            yield pytest.param(path, params)
-
-
-@pytest.mark.parametrize("path, params", list(_cases()), ids=lambda v: str(v))
+@pytest.mark.parametrize("path, params", list(_get_operations()), ids=lambda v: str(v))
 def test_every_get_route_answers_junk_query_values_without_5xx(api, path, params):
     url = _fill(api, path)
     for name in params or ["unknown_param"]:

@@ -2,12 +2,11 @@
 a healthy idle connection, and a connection the server ended is replaced before a request gets it."""
 from __future__ import annotations
 
-import time
-
 import psycopg
 import pytest
 
 from core.db import make_pool
+from tests.helpers import wait_for
 
 
 def _last_query(url: str, pid: int) -> str:
@@ -24,10 +23,8 @@ def test_server_ended_connection_is_replaced_on_checkout(fresh_db_url):
             assert conn.info.backend_pid == pid              # healthy: the same connection comes back
         with psycopg.connect(fresh_db_url, autocommit=True) as admin:
             assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
-            deadline = time.monotonic() + 10
-            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            wait_for(lambda: admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is None,
+                     10, message="terminated backend gone")
         with pool.connection() as conn:                     # not handed out broken: a new backend
             assert conn.execute("SELECT 1").fetchone() == (1,)
             assert conn.info.backend_pid != pid

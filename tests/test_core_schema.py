@@ -30,9 +30,11 @@ def test_hourly_view_exists_on_either_path(db):
 def test_plain_path_key_covers_value_and_quality_for_index_only_curves(db):
     """A new plain-PostgreSQL database gets UNIQUE (sensor_id, time) INCLUDE (value, quality): the curve's
     and the verdicts' scans of one sensor then never touch the scattered heap pages (issue 6)."""
-    if timescaledb_available(db):
-        return          # per-sensor compression gives that path its locality; the key stays plain there
     definition = db.execute("SELECT pg_get_indexdef('readings_sensor_time_key'::regclass)").fetchone()[0]
+    if timescaledb_available(db):
+        # per-sensor compression gives that path its locality; its key stays plain
+        assert "INCLUDE" not in definition, definition
+        return
     assert definition.endswith("(sensor_id, \"time\") INCLUDE (value, quality)"), definition
     db.execute("INSERT INTO readings (time, sensor_id, value) SELECT '2026-11-20T00:00Z'::timestamptz "
                "+ make_interval(mins => g), 999002, 18 FROM generate_series(1, 2000) g")
