@@ -156,11 +156,20 @@ class _Connection:
         #: set when the broker granted every subscription of this connection (cleared on disconnect)
         self.subscribed = threading.Event()
 
+        self._tls = tls
+        # MQTT 3.1.1 when configured (settings.mqtt_protocol): `heatdesk up` does so for the embedded amqtt
+        # broker, which does not answer an MQTT 5 CONNECT at all (so there is nothing to fall back on)
+        self.protocol = mqtt.MQTTv311 if adapter.settings.mqtt_protocol == "3.1.1" else mqtt.MQTTv5
+        self.client = self._new_client()
+
+    def _new_client(self) -> "_IngestClient":
+        v5 = self.protocol == mqtt.MQTTv5
+        # 3.1.1 has no clean_start/SessionExpiry: clean_session=False is its persistent session
         c = _IngestClient(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                          protocol=mqtt.MQTTv5, manual_ack=True)
-        if device.username:
-            c.username_pw_set(device.username, device.password)
-        if tls:
+                          protocol=self.protocol, manual_ack=True, **({} if v5 else {"clean_session": False}))
+        if self.device.username:
+            c.username_pw_set(self.device.username, self.device.password)
+        if self._tls:
             c.tls_set()
         c.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
         c.on_connect = self._on_connect
@@ -168,16 +177,30 @@ class _Connection:
         c.on_connect_fail = self._on_connect_fail
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
-        self.client = c
+        return c
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = int(self.adapter.settings.mqtt_session_expiry_s)
-        props.ReceiveMaximum = RECEIVE_MAXIMUM
-        # clean_start=False even on the first connect: a restarted ingest resumes its session
-        self.client.connect_async(self.host, self.port, keepalive=KEEPALIVE_S, clean_start=False, properties=props)
+        if self.protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(self.adapter.settings.mqtt_session_expiry_s)
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            # clean_start=False even on the first connect: a restarted ingest resumes its session
+            self.client.connect_async(self.host, self.port, keepalive=KEEPALIVE_S, clean_start=False,
+                                      properties=props)
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=KEEPALIVE_S)
         self.client.loop_start()
+
+    def _subscribe(self, client) -> None:
+        # QoS 1; retain_handling=1 (MQTT 5): retained messages only when the subscription is new, not on
+        # every reconnect (a retained value re-sent on each reconnect would look like a fresh measurement).
+        # MQTT 3.1.1 has no such option: a re-sent retained value is a duplicate the unique key drops.
+        if self.protocol == mqtt.MQTTv5:
+            opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+            client.subscribe([(f, opts) for f in self.filters])
+        else:
+            client.subscribe([(f, 1) for f in self.filters])
 
     def stop(self, barrier_timeout: float = 2.0) -> None:
         with self._gen_lock:
@@ -198,8 +221,7 @@ class _Connection:
         come back (measured on Mosquitto 2.0.11 under load: 297 of 300 re-sent) — duplicates only, but
         avoidable."""
         self.subscribed.clear()
-        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-        self.client.subscribe([(f, opts) for f in self.filters])
+        self._subscribe(self.client)
         return self.subscribed.wait(timeout)
 
     # -- callbacks (paho network thread: short, never raise) -----------------------------------------
@@ -221,10 +243,7 @@ class _Connection:
         session = getattr(flags, "session_present", False)
         log.info("device %s: connected to %s:%s as %s (session present: %s)", self.device.id, self.host, self.port,
                  self.client_id, session)
-        # QoS 1; retain_handling=1: retained messages only when the subscription is new, not on every
-        # reconnect (a retained value re-sent on each reconnect would look like a fresh measurement).
-        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-        client.subscribe([(f, opts) for f in self.filters])
+        self._subscribe(client)
         self._event("connected", f"{self.host}:{self.port} client_id={self.client_id} session_present={session}")
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     mqtt_client_id: str = "heatdesk-ingest"
     #: MQTT session expiry (seconds): longer than the longest outage we mean to survive.
     mqtt_session_expiry_s: int = 7 * 24 * 3600
+    #: MQTT protocol of the ingest consumer: "5" (ReceiveMaximum, retain handling), or "3.1.1" for a broker
+    #: without MQTT 5 — the embedded amqtt broker, which `heatdesk up` starts when mosquitto is missing.
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
 
 
 @lru_cache(maxsize=1)

@@ -160,6 +160,7 @@ def run_up(args: argparse.Namespace) -> int:
             f"{'TimescaleDB' if info['timescaledb'] else 'plain PostgreSQL (TimescaleDB not installed)'}")
 
         # 2. broker
+        extra_env: dict[str, str] = {}
         if settings.mqtt_url:
             mqtt_url = settings.mqtt_url
             say(f"MQTT broker: {mqtt_url} (HEATDESK_MQTT_URL)")
@@ -168,6 +169,8 @@ def run_up(args: argparse.Namespace) -> int:
             broker.start()
             mqtt_url = broker.url
             say(f"MQTT broker: {broker.kind} at {mqtt_url}")
+            if broker.kind == "amqtt":      # amqtt speaks MQTT 3.1.1 only
+                extra_env["HEATDESK_MQTT_PROTOCOL"] = "3.1.1"
 
         secrets = load_or_create_secrets(data_dir)
         modbus_port = _pick_port(15020)
@@ -176,7 +179,7 @@ def run_up(args: argparse.Namespace) -> int:
         env = dict(os.environ, **secrets,
                    HEATDESK_DATABASE_URL=db_url, HEATDESK_MQTT_URL=mqtt_url,
                    HEATDESK_MODBUS_PORT=str(modbus_port), HEATDESK_OPCUA_PORT=str(opcua_port),
-                   HEATDESK_DATA_DIR=str(data_dir), HEATDESK_DEMO="1", PYTHONUNBUFFERED="1")
+                   HEATDESK_DATA_DIR=str(data_dir), HEATDESK_DEMO="1", PYTHONUNBUFFERED="1", **extra_env)
         sup = Supervisor(data_dir / "logs", env)
 
         # 3. the city: households and official weather first, so sensors link on arrival

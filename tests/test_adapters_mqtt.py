@@ -33,9 +33,10 @@ devices:
 """
 
 
-def make(topic_prefix, mqtt_url, tmp_path, client_id, extra=""):
+def make(topic_prefix, mqtt_url, tmp_path, client_id, extra="", protocol="5"):
     cfg = parse_devices(DEVICES.format(extra=extra), env={"HEATDESK_TOPIC_ROOT": topic_prefix})
-    settings = Settings(mqtt_url=mqtt_url, mqtt_client_id=client_id, data_dir=tmp_path, mqtt_session_expiry_s=300)
+    settings = Settings(mqtt_url=mqtt_url, mqtt_client_id=client_id, data_dir=tmp_path, mqtt_session_expiry_s=300,
+                        mqtt_protocol=protocol)
     sink = CollectingSink(auto_ack=False)
     return MqttAdapter(cfg.by_protocol("mqtt"), sink, config=cfg, settings=settings), sink
 
@@ -162,3 +163,48 @@ def test_shared_subscription_group(topic_prefix, mqtt_url, tmp_path, client_id):
 ])
 def test_broker_urls(url, expect):
     assert parse_broker_url(url) == expect
+
+
+def test_mqtt_311_against_the_embedded_amqtt_broker(topic_prefix, tmp_path):
+    """The embedded amqtt broker (a machine without mosquitto; `heatdesk up` then sets
+    HEATDESK_MQTT_PROTOCOL=3.1.1) speaks MQTT 3.1.1 only: QoS 1 deliveries, acked after commit."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.helpers import free_port
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "core.amqtt_broker", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"mqtt://127.0.0.1:{port}"
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_for(listening, 20, message="amqtt listening")
+        ad, sink = make(topic_prefix, url, tmp_path, f"t-{uuid.uuid4().hex[:8]}", protocol="3.1.1")
+        ad.start()
+        try:
+            wait_for(ad.is_subscribed, 20, message="subscribed over MQTT 3.1.1")
+            assert ad.connections[0].protocol == mqtt.MQTTv311
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+            c.connect("127.0.0.1", port)
+            c.loop_start()
+            for i in range(5):
+                c.publish(f"{topic_prefix}/room/H{i}/living/state",
+                          orjson.dumps({"temp": 20.5, "ts": 1_795_000_000 + i}), qos=1).wait_for_publish(10)
+            c.disconnect()
+            c.loop_stop()
+            wait_for(lambda: len(sink.deliveries) == 5, 10, message="5 deliveries")
+            assert {r.sensor for r in sink.readings} == {f"room:H{i}:living:room_temp" for i in range(5)}
+            for d in sink.deliveries:
+                d.ack()
+            assert ad.connections[0].ack_barrier(5)
+        finally:
+            ad.stop()
+        assert [e.kind for e in sink.events][0] == "connected"
+    finally:
+        proc.terminate()
+        proc.wait(10)
