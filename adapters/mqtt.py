@@ -25,7 +25,9 @@ committed again (ON CONFLICT DO NOTHING) and acked on the current connection.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 from urllib.parse import urlsplit
@@ -53,12 +55,64 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 
 
+#: packets handled per read event, and the time they may take, before the loop services writes
+#: (PUBACKs) and keep-alive again — a consumer that blocks in on_message must still ping in time
+READ_BURST = 512
+READ_BURST_S = 0.05
+#: bytes asked of the kernel per recv() (paho asks 1, 1 and the body length for every packet)
+RECV_CHUNK = 65536
+
+
+class _ReadBufferedSocket:
+    """A connected socket (plain or TLS) whose ``recv`` fetches up to RECV_CHUNK bytes at once.
+
+    paho 2.2.0 reads each packet with at least three ``recv`` calls (the command byte, every byte of
+    the remaining length, then the body), one packet per ``select``. Here the small reads are served
+    from one large read. ``pending()`` reports the buffered bytes: paho's loop already asks it of TLS
+    sockets and then neither blocks in ``select`` nor skips the read, so buffered packets are never
+    left waiting for the kernel to signal new data. Everything else is the wrapped socket's.
+    """
+
+    __slots__ = ("_sock", "_buf", "_pos")
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            data = self._sock.recv(max(n, RECV_CHUNK))      # BlockingIOError / b"" (EOF) as the socket's
+            if len(data) <= n:
+                return data
+            self._buf, self._pos = data, n
+            return data[:n]
+        end = min(pos + n, len(buf))
+        self._pos = end
+        return buf[pos:end]
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buf) - self._pos + (inner() if inner is not None else 0)
+
+    def send(self, data) -> int:
+        return self._sock.send(data)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
 class _IngestClient(mqtt.Client):
-    """paho's Client with a keep-alive that does not kill a busy connection.
+    """paho's Client with a keep-alive that does not kill a busy connection, and cheaper I/O.
 
     paho-mqtt 2.2.0 (pinned in pyproject.toml; this overrides private methods ``_sock_send``,
-    ``_send_pingreq`` and ``_handle_pingresp`` and the public ``loop_misc``, guarded by
-    tests/test_mqtt_keepalive.py) has two behaviours that together dropped our connection every
+    ``_send_pingreq``, ``_handle_pingresp``, ``_create_socket``, ``_packet_queue`` and ``_packet_write``
+    and the public ``loop_misc``, ``loop_read``, ``ack`` and ``reconnect``, guarded by
+    tests/test_mqtt_keepalive.py and tests/test_adapters_mqtt.py) has two behaviours that together dropped our connection every
     60–90 s whenever the publisher outran us (docs/ingest.md):
 
     1. ``_packet_write`` returns from inside its loop before refreshing ``_last_msg_out``, so a
@@ -79,12 +133,86 @@ class _IngestClient(mqtt.Client):
     A dead broker or a half-open link is still detected: no bytes for a keep-alive → PINGREQ → no
     bytes for another keep-alive → "Keep alive timeout" and reconnect. The broker's side is kept as
     well: it hears a packet from us (PUBACK or PINGREQ) at least every keep-alive period.
+
+    I/O (measured with py-spy on ``heatdesk bench ingest``'s protocol phase, stock paho: ~7 system calls
+    per message — three ``recv``, a ``select``, a wake-up byte on the socket pair and its read for every
+    PUBACK, and one ``send`` per PUBACK — which was most of the network thread's time):
+
+    * reads go through ``_ReadBufferedSocket`` and ``loop_read`` handles up to READ_BURST packets per
+      read event instead of one;
+    * ``ack`` (QoS 1) appends the 4-byte PUBACK to a buffer and wakes the network thread only when the
+      buffer was empty; the thread sends the whole buffer in one write (``_packet_write``). Any other
+      packet queued (SUBSCRIBE of the ack barrier, DISCONNECT) first moves the buffered PUBACKs ahead
+      of itself, so the order the broker sees is the order we acked in; a reconnect discards them with
+      paho's own queue (their packet ids belong to the old connection).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.pings_sent = 0
         self.pingresp_max_wait_s = 0.0     # longest PINGREQ → PINGRESP seen (how deep the broker's queue was)
+        self._acks = bytearray()           # PUBACKs not yet handed to paho's outgoing queue
+        self._acks_lock = threading.Lock()
+
+    # -- reads ------------------------------------------------------------------------------------------
+    def _create_socket(self):
+        sock = super()._create_socket()
+        return sock if self._transport == "websockets" else _ReadBufferedSocket(sock)
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        """Handle the packets already received, up to READ_BURST or READ_BURST_S (paho: one per call)."""
+        until = time.monotonic() + READ_BURST_S
+        for _ in range(READ_BURST):
+            if self._sock is None:
+                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN or time.monotonic() > until:
+                break
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # -- PUBACKs ----------------------------------------------------------------------------------------
+    def ack(self, mid: int, qos: int) -> mqtt.MQTTErrorCode:
+        if qos != 1 or not self._manual_ack:
+            return super().ack(mid, qos)
+        if self._sock is None:
+            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN     # the broker re-sends it on the next connection
+        with self._acks_lock:
+            wake = not self._acks
+            self._acks += struct.pack("!BBH", mqtt.PUBACK, 2, mid)
+        if wake:
+            w = self._sockpairW
+            if w is not None:
+                try:
+                    w.send(b"0")
+                except (BlockingIOError, OSError):
+                    pass                   # a wake-up byte is already waiting, or the loop is gone
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _move_acks(self) -> None:
+        with self._acks_lock:
+            if not self._acks:
+                return
+            acks, self._acks = self._acks, bytearray()
+            # one PUBACK-typed packet carrying many: paho's write path does nothing after a PUBACK
+            self._out_packet.append({"command": mqtt.PUBACK, "mid": 0, "qos": 0, "pos": 0,
+                                     "to_process": len(acks), "packet": acks, "info": None})
+
+    def _packet_queue(self, command, packet, mid, qos, info=None) -> mqtt.MQTTErrorCode:
+        self._move_acks()                  # PUBACKs acked before this packet go out before it
+        return super()._packet_queue(command, packet, mid, qos, info)
+
+    def _packet_write(self) -> mqtt.MQTTErrorCode:
+        self._move_acks()
+        return super()._packet_write()
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        with self._acks_lock:
+            self._acks = bytearray()       # packet ids of the old connection: never valid on the new one
+        return super().reconnect()
+
+    # -- keep-alive -------------------------------------------------------------------------------------
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
         n = super()._sock_send(buf)
