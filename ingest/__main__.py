@@ -7,6 +7,7 @@ import sys
 import threading
 
 from core.config import Settings
+from ingest.gc_pacing import pace_gc
 from ingest.runner import run_ingest
 
 
@@ -19,7 +20,11 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    return run_ingest(Settings(), stop=stop)
+    pacer = pace_gc()              # held deliveries made the allocation-driven collector costly (gc_pacing)
+    try:
+        return run_ingest(Settings(), stop=stop)
+    finally:
+        pacer.stop()
 
 
 if __name__ == "__main__":
