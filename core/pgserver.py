@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import pwd
 import shutil
 import socket
@@ -70,8 +71,13 @@ def _run_user() -> str | None:
 class PrivatePostgres:
     """initdb once, then start/stop/restart on a fixed TCP port of 127.0.0.1 with trust auth."""
 
-    def __init__(self, data_dir: Path, port: int | None = None):
+    def __init__(self, data_dir: Path, port: int | None = None, settings: dict[str, str] | None = None):
+        """``settings``: server parameters passed as ``-c name=value`` on every start (e.g. shared_buffers)."""
         self.data_dir = Path(data_dir).resolve()
+        self.settings = dict(settings or {})
+        for name, value in self.settings.items():      # they end up on pg_ctl's -o command line
+            if not re.fullmatch(r"[a-z_.]+", name) or not re.fullmatch(r"[A-Za-z0-9_.]+", str(value)):
+                raise ValueError(f"PostgreSQL setting {name}={value!r}: letters, digits, '_' and '.' only")
         self.pgdata = self.data_dir / "pgdata"
         self.logfile = self.data_dir / "postgres.log"
         self.bin = find_pg_bin()
@@ -143,6 +149,8 @@ class PrivatePostgres:
             return
         self._prepare_permissions()
         opts = f"-p {self.port} -h 127.0.0.1 -k {self.pgdata} -c fsync=on -c max_connections=200"
+        for name, value in self.settings.items():
+            opts += f" -c {name}={value}"
         r = self._cmd(["pg_ctl", "-D", str(self.pgdata), "-l", str(self.logfile), "-w", "-t", str(int(timeout)),
                        "-o", opts, "start"], timeout=timeout + 10)
         if r.returncode != 0:

@@ -123,6 +123,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                        help="api: mean think time between a client's requests (default 1000; 0 = closed loop)")
     bench.add_argument("--keep-db", action="store_true",
                        help="api: keep the built city database and reuse it (12 h) on the next run")
+    bench.add_argument("--pg-shared-buffers", default=None, metavar="SIZE",
+                       help="api, compliance, dunning: run on a private PostgreSQL with this shared_buffers "
+                            "(e.g. 6GB) instead of the machine's server")
     bench.set_defaults(func=_cmd_bench)
 
     missing = []

@@ -51,7 +51,7 @@ import numpy as np
 from core.config import PROJECT_ROOT
 from core.pii import new_key_hex
 from heatdesk.bench import api_city
-from heatdesk.bench.common import server_url
+from heatdesk.bench.common import release, server_url
 
 log = logging.getLogger(__name__)
 KEEP_FOR = dt.timedelta(hours=12)
@@ -206,6 +206,17 @@ def _start_api(url: str, key_hex: str, workers: int) -> tuple[subprocess.Popen, 
         time.sleep(0.2)
 
 
+def _server_facts(url: str) -> dict:
+    """What the figures depend on: the server's version, shared_buffers and the city's size."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        version, buffers, size = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('shared_buffers'), "
+            "pg_size_pretty(pg_database_size(current_database()))").fetchone()
+    return {"version": version, "shared_buffers": buffers, "database_size": size}
+
+
 def run(args) -> dict:
     from core.db import drop_database
 
@@ -225,6 +236,7 @@ def run(args) -> dict:
     proc = None
     try:
         name, url, key_hex, build_s, reused = _city(admin_url, shape, keep)
+        facts = _server_facts(url)
         proc, base, _log = _start_api(url, key_hex, workers)
         r = httpx.post(base + "/auth/login", json={"username": "agent", "password": "heatdesk-agent"}, timeout=10)
         r.raise_for_status()
@@ -239,14 +251,14 @@ def run(args) -> dict:
                 proc.kill()
         if name is not None and not keep:
             drop_database(admin_url, name)
-        if private is not None:
-            private.destroy()
+        release(private)
     paced, sat = phases["paced"], phases["saturation"]
     result = {
         "concurrency": concurrency, "think_ms": round(think_s * 1000), "households": shape.households,
         "readings": shape.readings, "preloaded_tickets": shape.tickets, "city_build_s": round(build_s, 1),
         "city_reused": reused, "requests_per_paced_phase": concurrency * per_client, "uvicorn_workers": workers,
         "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "postgres": facts,
     }
     for key, phase in (("screen_pop", "screen_pop"), ("curve", "curve"), ("ticket_create", "ticket_create")):
         for pct in ("p50_ms", "p95_ms", "p99_ms"):

@@ -36,7 +36,7 @@ import numpy as np
 
 from analytics import compliance as C
 from analytics.policy import resolve_policy
-from heatdesk.bench.common import server_url
+from heatdesk.bench.common import release, server_url
 
 TZ = dt.timezone(dt.timedelta(hours=8))
 SEASON_START = dt.date(2025, 11, 15)
@@ -328,8 +328,7 @@ def bench_db(args, rows: int, households: int, db_workers: int = 2) -> dict:
                 "curve_p95_ms": float(np.percentile(lat, 95))}
     finally:
         drop_database(admin_url, name)
-        if private is not None:
-            private.destroy()
+        release(private)
 
 
 # ------------------------------------------------------------------------------------- entry

@@ -17,7 +17,7 @@ import uuid
 import psycopg
 
 from core.db import apply_schema, connect, drop_database, ensure_database
-from heatdesk.bench.common import server_url
+from heatdesk.bench.common import release, server_url
 
 TZ = dt.timezone(dt.timedelta(hours=8))
 DUE = dt.date(2026, 12, 31)
@@ -108,8 +108,7 @@ def run(args) -> dict:
             outbox = conn.execute("SELECT count(*) FROM notify_outbox").fetchone()[0]
     finally:
         drop_database(admin_url, name)
-        if private is not None:
-            private.destroy()
+        release(private)
     result = {"accounts": s.accounts, "seconds": round(seconds, 2), "sent": s.actions.get("send", 0)
               + s.actions.get("soften", 0), "held": s.actions.get("hold", 0), "skipped": s.actions.get("skip", 0),
               "tickets_opened": s.tickets_opened, "outbox_rows": outbox, "rerun_seconds": round(rerun_s, 2),
