@@ -41,9 +41,6 @@ BUCKETS = ((dt.timedelta(days=2), 300), (dt.timedelta(days=7), 1800), (dt.timede
            (dt.timedelta(days=92), 4 * 3600), (dt.timedelta(days=400), 86400))
 MAX_CURVE_DAYS = 92
 SECONDARY_METRICS = ("supply_temp_2", "return_temp_2")
-#: network buckets younger than this are re-read every SharedSeriesCache ttl; older ones are "settled"
-LIVE_WINDOW = dt.timedelta(hours=2)
-SETTLED_TTL_S = 600.0
 
 
 class EvidenceError(ValueError):
@@ -72,13 +69,9 @@ class SharedSeriesCache:
     """The substation's supply/return and the outdoor series of a curve, shared between requests.
 
     Every household a substation serves (hundreds) shows the same two secondary series and the same
-    outdoor series beside its own; aggregating them is most of a curve's database work (measured at
-    100 M readings: 8 + 2 ms of a 21 ms curve). household_curve keeps them in two parts: buckets older
-    than LIVE_WINDOW for SETTLED_TTL_S, the recent buckets for ``ttl_s``. A screen that agents open while
-    the phone rings thus shows the last two hours at most ``ttl_s`` old, and older buckets without
-    readings that arrived late (a substation's spool replayed after an outage) for at most
-    SETTLED_TTL_S; the household's own series is always read fresh. Evidence packs never use this:
-    their hashes must be of what the database holds.
+    outdoor series beside its own; aggregating them is most of a curve's database work. A screen that
+    agents open while the phone rings can take them up to ``ttl_s`` old (the household's own series is
+    always read fresh). Evidence packs never use this: their hashes must be of what the database holds.
     Thread-safe (the API runs handlers in a thread pool); bounded by ``max_entries``.
     """
 
@@ -88,8 +81,7 @@ class SharedSeriesCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, key: tuple, compute: Callable[[], Any], ttl_s: float | None = None) -> Any:
-        """The cached value of ``key``, or ``compute()`` kept for ``ttl_s`` (default: the cache's)."""
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
         now = time.monotonic()
         with self._lock:
             hit = self._items.get(key)
@@ -102,18 +94,17 @@ class SharedSeriesCache:
             if len(self._items) >= self.max_entries:
                 for k in [k for k, (exp, _v) in self._items.items() if exp <= now] or list(self._items)[:len(self._items) // 4]:
                     self._items.pop(k, None)
-            self._items[key] = (now + (self.ttl_s if ttl_s is None else ttl_s), value)
+            self._items[key] = (now + self.ttl_s, value)
         return value
 
 
 def household_curve(conn: psycopg.Connection, household_id: int, start: dt.datetime, end: dt.datetime, *,
                     bucket_s: int | None = None, table: PolicyTable | None = None, tz: str | None = None,
-                    max_days: int = MAX_CURVE_DAYS, shared: SharedSeriesCache | None = None,
-                    now: dt.datetime | None = None) -> dict[str, Any]:
+                    max_days: int = MAX_CURVE_DAYS, shared: SharedSeriesCache | None = None) -> dict[str, Any]:
     """Evidence curve of a household over [start, end) (aware datetimes). See the module docstring.
 
     ``shared``: take the substation and outdoor series from this cache (see SharedSeriesCache) — for
-    interactive screens only; ``now`` (default: the clock) places its settled/live split. Raises EvidenceError for an unknown household, an inverted range or one
+    interactive screens only. Raises EvidenceError for an unknown household, an inverted range or one
     longer than ``max_days``.
     """
     if start.tzinfo is None or end.tzinfo is None:
@@ -148,46 +139,27 @@ def household_curve(conn: psycopg.Connection, household_id: int, start: dt.datet
             continue
         s["mean"][k], s["min"][k], s["max"][k], s["n"][k] = round(mean, 3), round(mn, 3), round(mx, 3), cnt
 
-    def network_part(lo: dt.datetime, hi: dt.datetime) -> tuple[dict[str, dict], dict]:
-        """Substation secondary and outdoor means of the buckets in [lo, hi), by bucket start."""
-        sub: dict[str, dict] = {m: {} for m in SECONDARY_METRICS}
-        if hi <= lo:
-            return sub, {}
+    def network_series() -> tuple[dict[str, list], list]:
+        sub = {m: [None] * n for m in SECONDARY_METRICS}
         for metric, bucket, mean, _mn, _mx, _cnt in Q.substation_buckets(conn, ctx["substation_id"], SECONDARY_METRICS,
-                                                                         lo, hi, b, origin):
-            sub[metric][bucket] = round(mean, 3)
-        outdoor = {bucket: round(mean, 3)
-                   for bucket, mean in Q.outdoor_buckets(conn, ctx["substation_id"], ctx["station_code"], lo, hi, b, origin)}
+                                                                         start, end, b, origin):
+            k = index.get(bucket)
+            if k is not None:
+                sub[metric][k] = round(mean, 3)
+        outdoor = [None] * n
+        for bucket, mean in Q.outdoor_buckets(conn, ctx["substation_id"], ctx["station_code"], start, end, b, origin):
+            k = index.get(bucket)
+            if k is not None:
+                outdoor[k] = round(mean, 3)
         return sub, outdoor
 
     if shared is None:
-        parts = [network_part(start, end)]
+        sub, outdoor = network_series()
     else:
-        # split on a bucket boundary LIVE_WINDOW before now: no bucket is in both parts
-        now_ = now or dt.datetime.now(dt.timezone.utc)
-        cut = first + dt.timedelta(seconds=((now_ - LIVE_WINDOW - first).total_seconds() // b) * b)
-        cut = min(max(cut, first), end)
-        net = (ctx["substation_id"], ctx["station_code"], b)
-        parts = []
-        if cut > start:
-            parts.append(shared.get(("network-settled", *net, first, cut), lambda: network_part(start, cut),
-                                    ttl_s=SETTLED_TTL_S))
-        if cut < end:
-            lo = max(start, cut)
-            parts.append(shared.get(("network-live", *net, max(first, cut), times[-1]), lambda: network_part(lo, end)))
-    # fresh lists: gap blanking below edits them, and cached parts are shared between requests
-    sub = {m: [None] * n for m in SECONDARY_METRICS}
-    outdoor: list = [None] * n
-    for part_sub, part_outdoor in parts:
-        for m, series in part_sub.items():
-            for t, v in series.items():
-                k = index.get(t)
-                if k is not None:
-                    sub[m][k] = v
-        for t, v in part_outdoor.items():
-            k = index.get(t)
-            if k is not None:
-                outdoor[k] = v
+        cached_sub, cached_outdoor = shared.get(
+            ("network", ctx["substation_id"], ctx["station_code"], b, first, n), network_series)
+        # copies: gap blanking below edits the lists, and the cached ones are shared
+        sub, outdoor = {m: list(v) for m, v in cached_sub.items()}, list(cached_outdoor)
 
     devices = sorted({d for r in rooms for d in r["device_ids"]})
     rooms_of_device: dict[str, list[dict]] = {}
