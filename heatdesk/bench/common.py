@@ -37,15 +37,14 @@ def tuned_server(shared_buffers: str, *, keep: bool, prefix: str = "hd-bench-pg-
     measured on give back page cache to their host continuously (measured: 3 GB of freshly written file
     cache shrank by ~20–40 MB/s), so a 14 GB city is read from disk whatever the RAM. A server sized for
     its data, as PostgreSQL's documentation suggests (shared_buffers about 25 % of RAM), is what a
-    deployment runs. With ``keep`` the server's folder is ``<data_dir>/bench-pg-<size>`` and is stopped,
-    not destroyed, by ``release`` — a kept city survives for the next run.
+    deployment runs. With ``keep`` the server's folder is ``<data_dir>/bench-pg`` (the size is a start-up
+    setting) and is stopped, not destroyed, by ``release`` — a kept city survives for the next run.
     """
     from core.config import get_settings
 
     settings = {"shared_buffers": shared_buffers, "effective_cache_size": shared_buffers,
                 "max_wal_size": "8GB", "checkpoint_timeout": "30min"}
-    folder = (Path(get_settings().data_dir) / f"bench-pg-{shared_buffers.lower()}" if keep
-              else Path(tempfile.mkdtemp(prefix=prefix)))
+    folder = Path(get_settings().data_dir) / "bench-pg" if keep else Path(tempfile.mkdtemp(prefix=prefix))
     server = PrivatePostgres(folder, settings=settings)
     server.keep = keep
     server.start()
@@ -60,3 +59,26 @@ def release(server: PrivatePostgres | None) -> None:
         server.stop()
     else:
         server.destroy()
+
+
+def prewarm(url: str, budget_bytes: int, skip: tuple[str, ...] = ()) -> dict:
+    """Load the database's indexes, then its tables, smallest first, into shared_buffers (pg_prewarm)
+    until ``budget_bytes``; relations in ``skip`` are left out (e.g. a heap that index-only scans never
+    read). A restarted server starts with empty buffers, and a server that has run for a while has its
+    working set in them; PostgreSQL's own answer is pg_prewarm (autoprewarm after a restart). Returns
+    what was loaded, for the report."""
+    loaded, names = 0, []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        rels = conn.execute("""SELECT c.oid::regclass::text, pg_relation_size(c.oid), c.relkind
+                                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                                  AND c.relkind IN ('r', 'i', 'm') AND pg_relation_size(c.oid) > 0
+                                ORDER BY c.relkind = 'r', pg_relation_size(c.oid)""").fetchall()
+        for name, size, _kind in rels:
+            if name in skip or loaded + size > budget_bytes:
+                continue
+            conn.execute("SELECT pg_prewarm(%s::regclass)", (name,))
+            loaded += size
+            names.append(name)
+    return {"prewarmed_mb": round(loaded / 2**20), "prewarmed_relations": len(names)}
