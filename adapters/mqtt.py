@@ -103,6 +103,8 @@ class _ReadBufferedSocket:
         return self._sock.fileno()
 
     def __getattr__(self, name: str):
+        if name in _ReadBufferedSocket.__slots__:   # not set yet: no recursion through self._sock
+            raise AttributeError(name)
         return getattr(self._sock, name)
 
 

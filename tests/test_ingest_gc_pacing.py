@@ -5,7 +5,7 @@ import gc
 
 import pytest
 
-from ingest.gc_pacing import GcPacer
+from ingest.gc_pacing import GcPacer, pace_gc
 from tests.helpers import wait_for
 
 
@@ -30,6 +30,14 @@ def test_pacer_turns_automatic_collection_off_and_collects_on_its_clock():
     assert gc.isenabled() == was and gc.get_freeze_count() == 0
 
 
-def test_pacer_needs_a_positive_interval():
+def test_pacer_needs_a_positive_interval_or_zero_for_cpythons_own(monkeypatch):
     with pytest.raises(ValueError):
-        GcPacer(interval_s=0)
+        GcPacer(interval_s=-1)
+    monkeypatch.setenv("HEATDESK_GC_INTERVAL_S", "0")
+    was = gc.isenabled()
+    pacer = pace_gc()
+    try:
+        assert pacer.interval_s == 0 and gc.isenabled() == was and gc.get_freeze_count() == 0
+    finally:
+        pacer.stop()
+    assert gc.isenabled() == was
