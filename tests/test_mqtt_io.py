@@ -59,6 +59,19 @@ def test_buffered_reads_report_what_they_hold_and_serve_short_reads():
         w.close()
 
 
+def _record_calls(obj, name: str, record) -> list:
+    """Replace obj.<name> by a wrapper that appends record(*args) to the returned list, then calls it."""
+    calls: list = []
+    real = getattr(obj, name)
+
+    def wrapper(*args):
+        calls.append(record(*args))
+        return real(*args)
+
+    setattr(obj, name, wrapper)
+    return calls
+
+
 def _readable(sock) -> bool:
     import select
     return bool(select.select([sock], [], [], 0)[0])
@@ -68,15 +81,7 @@ def test_pubacks_are_coalesced_and_all_applied(topic_prefix, mqtt_url, tmp_path,
     """2 000 messages acked one by one go out in far fewer socket writes, and the broker applies every
     one of them: the same session, resumed, gets nothing back."""
     ad, sink = make(topic_prefix, mqtt_url, tmp_path, client_id)
-    client = ad.connections[0].client
-    writes = []
-    real_send = client._sock_send
-
-    def counting_send(buf):
-        writes.append(len(buf))
-        return real_send(buf)
-
-    client._sock_send = counting_send
+    writes = _record_calls(ad.connections[0].client, "_sock_send", len)
     ad.start()
     try:
         wait_for(ad.is_subscribed, 10)
@@ -109,14 +114,7 @@ def test_buffered_pubacks_do_not_outlive_their_connection(topic_prefix, mqtt_url
     reconnect() drops them, and the broker re-sends those messages on the new connection."""
     ad, sink = make(topic_prefix, mqtt_url, tmp_path, client_id)
     conn = ad.connections[0]
-    mids: list[int] = []
-    make_ack = conn._make_ack
-
-    def recording_make_ack(mid, qos):
-        mids.append(mid)
-        return make_ack(mid, qos)
-
-    conn._make_ack = recording_make_ack
+    mids = _record_calls(conn, "_make_ack", lambda mid, qos: mid)
     ad.start()
     try:
         wait_for(ad.is_subscribed, 10)
@@ -127,9 +125,7 @@ def test_buffered_pubacks_do_not_outlive_their_connection(topic_prefix, mqtt_url
         for mid in mids[:10]:
             client.ack(mid, 1)
         assert len(client._acks) == 4 * 10
-        sent = []
-        real_send = client._sock_send
-        client._sock_send = lambda buf: sent.append(bytes(buf)) or real_send(buf)
+        sent = _record_calls(client, "_sock_send", bytes)
         client.reconnect()
         assert len(client._acks) == 0
         # the new connection starts with its CONNECT, not with the old connection's PUBACKs
