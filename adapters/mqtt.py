@@ -113,9 +113,10 @@ class _IngestClient(mqtt.Client):
 
     paho-mqtt 2.2.0 (pinned in pyproject.toml; this overrides private methods ``_sock_send``,
     ``_send_pingreq``, ``_handle_pingresp``, ``_create_socket``, ``_packet_queue``, ``_packet_write`` and
-    ``_handle_on_message`` and the public ``loop_misc``, ``loop_read``, ``ack`` and ``reconnect``, guarded by
-    tests/test_mqtt_keepalive.py and tests/test_adapters_mqtt.py) has two behaviours that together dropped our connection every
-    60–90 s whenever the publisher outran us (docs/ingest.md):
+    ``_handle_on_message`` and the public ``loop_misc``, ``loop_read``, ``ack`` and ``reconnect``, guarded
+    by tests/test_mqtt_keepalive.py, tests/test_mqtt_io.py and tests/test_adapters_mqtt.py) has two
+    behaviours that together dropped our connection every 60–90 s whenever the publisher outran us
+    (docs/ingest.md):
 
     1. ``_packet_write`` returns from inside its loop before refreshing ``_last_msg_out``, so a
        PINGREQ goes out every keep-alive period however many PUBACKs we send (paho #813; MQTT-3.1.2-20
