@@ -67,18 +67,18 @@ def prewarm(url: str, budget_bytes: int, skip: tuple[str, ...] = ()) -> dict:
     read). A restarted server starts with empty buffers, and a server that has run for a while has its
     working set in them; PostgreSQL's own answer is pg_prewarm (autoprewarm after a restart). Returns
     what was loaded, for the report."""
-    loaded, names = 0, []
+    loaded = relations = 0
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-        rels = conn.execute("""SELECT c.oid::regclass::text, pg_relation_size(c.oid), c.relkind
+        rels = conn.execute("""SELECT c.oid::regclass::text, pg_relation_size(c.oid)
                                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                                 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
                                   AND c.relkind IN ('r', 'i', 'm') AND pg_relation_size(c.oid) > 0
                                 ORDER BY c.relkind = 'r', pg_relation_size(c.oid)""").fetchall()
-        for name, size, _kind in rels:
+        for name, size in rels:
             if name in skip or loaded + size > budget_bytes:
                 continue
             conn.execute("SELECT pg_prewarm(%s::regclass)", (name,))
             loaded += size
-            names.append(name)
-    return {"prewarmed_mb": round(loaded / 2**20), "prewarmed_relations": len(names)}
+            relations += 1
+    return {"prewarmed_mb": round(loaded / 2**20), "prewarmed_relations": relations}
