@@ -16,10 +16,13 @@ paced as below 0.76 / 0.725.
 So: one collection at start-up, then ``gc.freeze()`` (the start-up heap — modules, classes, the
 configuration — is never walked again), automatic collection off, and a full ``gc.collect()`` every
 ``interval_s`` from a daemon thread. Memory held by cyclic garbage is bounded by what the process
-makes in one interval (~350 objects per 10 s in the bench). Not shown flat: in two 10-minute live runs
-RSS rose 66 → 72 MB and 66.6 → 79 MB in steps, against 66.5 → 67.8 MB with CPython's collector
-(docs/ingest.md, "Throughput"); the cause of the steps is not known. Only the ingest process
-(``python -m ingest``) and the ingest benchmark pace their collector; nothing else imports this.
+makes in one interval (~350 objects per 10 s in the bench). The RSS steps first seen in 10-minute live
+runs (66 → 72 and 66.6 → 79 MB) are not cyclic garbage: with the memory breakdown the bench now
+reports, each step came with a new high of un-acked deliveries held by the service (8–12 k usually,
+18 k once at 475 s: pymalloc 33 → 39 arenas), while glibc's bytes in use and the number of live
+Python blocks stayed flat — high-water marks of a queue that ReceiveMaximum bounds (docs/ingest.md, "Throughput").
+Only the ingest process (``python -m ingest``) and the ingest benchmark pace their collector; nothing
+else imports this.
 """
 from __future__ import annotations
 

@@ -18,7 +18,10 @@ publisher); RSS of this process (the ingest side: adapter + service; the publish
 sampled every second during (c) — reported every 10 s in ``rss_mb_samples`` and summarised as
 ``rss_mb_first_minute`` / ``rss_mb_last_minute`` (max RSS in the first / last 60 s; with --duration
 the last 60 s of publishing, ``live_s``) and ``rss_growth_mb`` (their difference), with
-``rss_mb_drain_max`` for the drain after a live run; the MQTT connection's health during (c) from the adapter's
+``rss_mb_drain_max`` for the drain after a live run; every 10 s a breakdown of that memory in
+``memory_samples`` (heatdesk/bench/memory.py: pymalloc arenas and blocks, glibc's heap, bytes in use and
+mmapped, and ``peak_in_flight``, the most deliveries held un-acked by the service since the last sample;
+``in_flight_max`` and ``in_flight_bound`` = ReceiveMaximum); the MQTT connection's health during (c) from the adapter's
 counters (``mqtt_disconnects``, ``mqtt_keepalive_timeouts``, PINGREQs sent and the longest PINGRESP
 wait); modbus polls/s from heatdesk.bench.modbus when that module exists.
 
@@ -27,7 +30,9 @@ publisher process publishes N readings at full speed into the broker's queue for
 consumer reconnects and drains the backlog (the catch-up after an outage). The consumer therefore
 runs at its own ceiling instead of sharing two cores with the publisher; the publisher's rate is
 reported beside it. ``--duration S`` instead runs (c) live for S seconds (publisher and consumer at
-the same time) — the memory-flatness run.
+the same time) — the memory-flatness run. It opens with the worst case (a backlog of LIVE_BACKLOG and a
+slow first commit, so ReceiveMaximum deliveries are held at once; see _phase_end_to_end), so a rise after
+the first minute is growth and not a new high-water mark of the bounded in-flight queue.
 
 The broker: HEATDESK_MQTT_URL when set (it must queue N messages per offline client — Mosquitto's
 default max_queued_messages is 1000 — and, with --duration, the whole live backlog), else a private
@@ -54,11 +59,12 @@ import psycopg
 
 from adapters.base import Delivery, DeviceEvent, Reading, SensorMeta
 from adapters.config import parse_devices
-from adapters.mqtt import MqttAdapter, parse_broker_url
+from adapters.mqtt import RECEIVE_MAXIMUM, MqttAdapter, parse_broker_url
 from core.broker import PrivateBroker
 from core.config import Settings, get_settings
 from core.db import apply_schema, drop_database, ensure_database, make_pool
 from core.quality import Quality
+from heatdesk.bench import memory
 from ingest.batcher import Batch
 from ingest.gc_pacing import pace_gc
 from ingest.service import IngestService
@@ -97,6 +103,9 @@ def _payload(i: int) -> tuple[str, bytes]:
 
 #: publishes in flight at most (below the 65535 MQTT packet-id space)
 MAX_OUTSTANDING = 40_000
+#: --duration: readings queued for (c)'s consumer before it connects (see _phase_end_to_end)
+LIVE_BACKLOG = 2 * RECEIVE_MAXIMUM
+LIVE_STALL_S = 3.0
 
 
 def _publisher(url: str, root: str, first: int, n: int, duration: float | None, sent, rate, ready, go) -> None:
@@ -205,13 +214,26 @@ class _TimedService(IngestService):
     the rate including the tail is reported beside it."""
     first: float | None = None
     full_commit: tuple[float, int] | None = None
+    submitted = 0
+    peak_in_flight = 0            # most deliveries submitted and not yet acked; reset by the memory sampler
 
     def submit(self, delivery: Delivery) -> None:
         if self.first is None:
             self.first = time.perf_counter()
+        self.submitted += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.submitted - self.totals["acked"])
         super().submit(delivery)
 
+    def take_peak_in_flight(self) -> int:
+        peak, self.peak_in_flight = self.peak_in_flight, 0
+        return peak
+
+    stall_first_write_s = 0.0    # --duration: the first commit waits this long, as a slow commit would
+
     def _write(self, batch: Batch, *, ack: bool = True) -> None:
+        if self.stall_first_write_s and batch.rows:     # the first batch of readings (not a device event)
+            time.sleep(self.stall_first_write_s)
+            self.stall_first_write_s = 0.0
         super()._write(batch, ack=ack)
         if batch.rows >= self.settings.batch_max_rows:
             self.full_commit = (time.perf_counter(), self.totals["inserted"])
@@ -321,20 +343,34 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
     t0 = time.monotonic()
     live_s: float | None = None                     # when the live publisher finished (sampling clock)
 
+    breakdown: list[dict] = []                    # every 10 s: where the memory sits (heatdesk.bench.memory)
+
     def sample() -> None:
+        k = 0
         while not stop.is_set():
-            rss.append((round(time.monotonic() - t0, 1), round(_rss_mb(), 1)))
+            t = round(time.monotonic() - t0, 1)
+            rss.append((t, round(_rss_mb(), 1)))
+            if k % 10 == 0:
+                breakdown.append({"t_s": t, **memory.sample(), "peak_in_flight": svc.take_peak_in_flight()})
+            k += 1
             stop.wait(1.0)
 
     if duration:                                   # live: publisher and consumer run at the same time
-        ad = consumer()
-        ad.start()
-        _wait(ad.is_subscribed, 15)
-        pub = _Pub(settings.mqtt_url, root, first, 0, duration)
+        # It starts with the worst case the ingest side can meet: a backlog (LIVE_BACKLOG) queued for
+        # the offline consumer, as after any outage, and a slow first commit (LIVE_STALL_S), as in a
+        # checkpoint. Meanwhile the broker sends until RECEIVE_MAXIMUM deliveries are un-acked and they
+        # all reach the service — the most it can ever hold — so the first minute already has the
+        # largest footprint the run can have. Without it, RSS stepped up whenever a slow commit let the
+        # in-flight deliveries reach a new high (10-min run: 8–12 k in flight, then 18 k at 475 s and
+        # pymalloc 33 → 39 arenas, +6.7 MB RSS): high-water marks of a bounded queue, read as growth.
+        svc.stall_first_write_s = LIVE_STALL_S
+        ad, backlog_sent, _ = _backlog(settings, root, first, LIVE_BACKLOG, consumer)
+        pub = _Pub(settings.mqtt_url, root, first + LIVE_BACKLOG, 0, duration)
         t0 = time.monotonic()
         threading.Thread(target=sample, daemon=True).start()
+        ad.start()
         pub.start()
-        sent = pub.join()
+        sent = backlog_sent + pub.join()
         live_s = round(time.monotonic() - t0, 1)
         pub_rate = float(pub.rate.value)
     else:
@@ -358,7 +394,7 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
               if svc.full_commit and svc.full_commit[1] >= sent // 2 else with_tail)
     return {"n": total, "sent": sent, "per_s": steady, "per_s_with_tail": with_tail,
             "lost": max(0, sent - distinct),
-            "duplicated": total - min(total, sent), "rss_mb": rss, "batches": svc.totals["batches"],
+            "duplicated": total - min(total, sent), "rss_mb": rss, "memory": breakdown, "batches": svc.totals["batches"],
             "acked": svc.totals["acked"], "publisher_per_s": pub_rate, "live": bool(duration),
             "mqtt": mqtt_health, "live_s": live_s}
 
@@ -578,6 +614,9 @@ def run(args) -> dict:
         "rss_growth_mb": round(max(last_min) - max(first_min), 1) if first_min and last_min else None,
         "live_s": c_["live_s"],
         "rss_mb_drain_max": max(drain) if drain else None,
+        "memory_samples": c_["memory"],
+        "in_flight_max": max((m["peak_in_flight"] for m in c_["memory"]), default=None),
+        "in_flight_bound": RECEIVE_MAXIMUM,
         "mqtt_disconnects": c_["mqtt"]["disconnects"],
         "mqtt_keepalive_timeouts": c_["mqtt"]["keepalive_timeouts"],
         "mqtt_pings_sent": c_["mqtt"]["pings_sent"],
