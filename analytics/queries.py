@@ -7,7 +7,7 @@ evidence must show exactly what compliance counted.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import psycopg
 from psycopg.rows import dict_row
@@ -15,6 +15,35 @@ from psycopg.rows import dict_row
 _OFFSET = """CASE WHEN (s.calibration_valid_from IS NULL OR r.time >= s.calibration_valid_from)
                    AND (s.calibration_valid_to IS NULL OR r.time < s.calibration_valid_to)
                   THEN s.calibration_offset ELSE 0 END"""
+
+
+class Statement(NamedTuple):
+    """A read statement not yet sent: several go to the server in one round trip with run_all."""
+    sql: str
+    params: tuple
+    dicts: bool = False           # rows as dicts (dict_row) rather than tuples
+
+
+def run(conn: psycopg.Connection, stmt: Statement) -> list:
+    """The statement's rows."""
+    with conn.cursor(row_factory=dict_row) if stmt.dicts else conn.cursor() as cur:
+        return cur.execute(stmt.sql, stmt.params).fetchall()
+
+
+def run_all(conn: psycopg.Connection, stmts: Sequence[Statement]) -> list[list]:
+    """Each statement's rows, all sent in one go (psycopg's pipeline mode, one Sync at the end).
+
+    Why: an evidence curve needs half a dozen small independent reads. One after another they cost a
+    round trip each, and under load each round trip is also a wait for the GIL when the response comes
+    back (measured: the curve handler spent most of its samples in psycopg's wait, not in the server).
+    The server runs them in order either way, in the caller's transaction."""
+    with conn.pipeline():
+        curs = [(conn.cursor(row_factory=dict_row) if s.dicts else conn.cursor()).execute(s.sql, s.params)
+                for s in stmts]
+    out = [c.fetchall() for c in curs]
+    for c in curs:
+        c.close()
+    return out
 
 
 def household_context(conn: psycopg.Connection, household_id: int) -> dict | None:
@@ -50,67 +79,87 @@ def substation_context(conn: psycopg.Connection, substation_id: int) -> dict | N
 
 def household_rooms(conn: psycopg.Connection, household_id: int) -> list[dict]:
     """Rooms with their room thermometers (sensor ids and device ids)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("""
+    return run(conn, household_rooms_stmt(household_id))
+
+
+def household_rooms_stmt(household_id: int) -> Statement:
+    return Statement("""
             SELECT r.id, r.code, r.room_type, r.area_m2, r.counts_for_compliance,
                    coalesce(array_agg(s.id ORDER BY s.id) FILTER (WHERE s.id IS NOT NULL), '{}') AS sensor_ids,
                    coalesce(array_agg(DISTINCT s.device_id) FILTER (WHERE s.id IS NOT NULL), '{}') AS device_ids
               FROM room r LEFT JOIN sensor s ON s.room_id = r.id AND s.metric = 'room_temp'
-             WHERE r.household_id = %s GROUP BY r.id ORDER BY r.id""", (household_id,)).fetchall()
+             WHERE r.household_id = %s GROUP BY r.id ORDER BY r.id""", (household_id,), dicts=True)
 
 
 def room_buckets(conn: psycopg.Connection, household_id: int, start: dt.datetime, end: dt.datetime,
                  bucket_s: int, origin: dt.datetime) -> list[tuple]:
     """(room_id, bucket start, mean ℃, min ℃, max ℃, n) of valid samples, offset applied."""
-    return conn.execute(f"""
+    return run(conn, room_buckets_stmt(household_id, start, end, bucket_s, origin))
+
+
+def room_buckets_stmt(household_id: int, start: dt.datetime, end: dt.datetime, bucket_s: int,
+                      origin: dt.datetime) -> Statement:
+    return Statement(f"""
         SELECT s.room_id, date_bin(make_interval(secs => %s), r.time, %s) AS bucket,
                avg(r.value + {_OFFSET}), min(r.value + {_OFFSET}), max(r.value + {_OFFSET}), count(*)
           FROM readings r JOIN sensor s ON s.id = r.sensor_id
          WHERE s.household_id = %s AND s.metric = 'room_temp' AND s.room_id IS NOT NULL AND r.quality = 0
            AND r.time >= %s AND r.time < %s
-         GROUP BY 1, 2 ORDER BY 1, 2""", (bucket_s, origin, household_id, start, end)).fetchall()
+         GROUP BY 1, 2 ORDER BY 1, 2""", (bucket_s, origin, household_id, start, end))
 
 
 def substation_buckets(conn: psycopg.Connection, substation_id: int, metrics: Sequence[str], start: dt.datetime,
                        end: dt.datetime, bucket_s: int, origin: dt.datetime) -> list[tuple]:
     """(metric, bucket start, mean, min, max, n) of good samples of the substation's points."""
-    return conn.execute("""
+    return run(conn, substation_buckets_stmt(substation_id, metrics, start, end, bucket_s, origin))
+
+
+def substation_buckets_stmt(substation_id: int, metrics: Sequence[str], start: dt.datetime, end: dt.datetime,
+                            bucket_s: int, origin: dt.datetime) -> Statement:
+    return Statement("""
         SELECT s.metric, date_bin(make_interval(secs => %s), r.time, %s) AS bucket,
                avg(r.value), min(r.value), max(r.value), count(*)
           FROM readings r JOIN sensor s ON s.id = r.sensor_id
          WHERE s.substation_id = %s AND s.metric = ANY(%s) AND r.quality = 0 AND r.time >= %s AND r.time < %s
-         GROUP BY 1, 2 ORDER BY 1, 2""", (bucket_s, origin, substation_id, list(metrics), start, end)).fetchall()
+         GROUP BY 1, 2 ORDER BY 1, 2""", (bucket_s, origin, substation_id, list(metrics), start, end))
 
 
 def outdoor_buckets(conn: psycopg.Connection, substation_id: int, station_code: str | None, start: dt.datetime,
                     end: dt.datetime, bucket_s: int, origin: dt.datetime) -> list[tuple]:
     """(bucket, mean ℃) of outdoor thermometers at the substation or the weather station."""
-    return conn.execute("""
+    return run(conn, outdoor_buckets_stmt(substation_id, station_code, start, end, bucket_s, origin))
+
+
+def outdoor_buckets_stmt(substation_id: int, station_code: str | None, start: dt.datetime, end: dt.datetime,
+                         bucket_s: int, origin: dt.datetime) -> Statement:
+    return Statement("""
         SELECT date_bin(make_interval(secs => %s), r.time, %s) AS bucket, avg(r.value)
           FROM readings r JOIN sensor s ON s.id = r.sensor_id
          WHERE s.metric = 'outdoor_temp' AND (s.substation_id = %s OR s.weather_station_code = %s)
            AND r.quality = 0 AND r.time >= %s AND r.time < %s
-         GROUP BY 1 ORDER BY 1""", (bucket_s, origin, substation_id, station_code, start, end)).fetchall()
+         GROUP BY 1 ORDER BY 1""", (bucket_s, origin, substation_id, station_code, start, end))
 
 
 def weather_days(conn: psycopg.Connection, station_code: str | None, day_from: dt.date, day_to: dt.date) -> list[dict]:
-    if not station_code:
-        return []
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("""SELECT day, mean_c, source FROM weather_daily WHERE station_code = %s
-                              AND day BETWEEN %s AND %s ORDER BY day""", (station_code, day_from, day_to)).fetchall()
+    return run(conn, weather_days_stmt(station_code, day_from, day_to))
 
 
-def device_gaps(conn: psycopg.Connection, device_ids: Sequence[str], start: dt.datetime, end: dt.datetime, *,
-                substation_id: int | None = None) -> list[dict]:
-    """Known device outages overlapping [start, end) (an open gap has ended_at NULL) of ``device_ids`` and,
-    with ``substation_id``, of that substation's devices too (one statement for the curve)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("""SELECT device_id, started_at, ended_at, reason FROM device_gap
-                               WHERE (device_id = ANY(%s)
-                                      OR device_id IN (SELECT device_id FROM sensor WHERE substation_id = %s))
-                                 AND started_at < %s AND (ended_at IS NULL OR ended_at > %s)
-                               ORDER BY started_at""", (list(device_ids), substation_id, end, start)).fetchall()
+def weather_days_stmt(station_code: str | None, day_from: dt.date, day_to: dt.date) -> Statement:
+    """Daily outdoor means of the station (no rows without a station)."""
+    return Statement("""SELECT day, mean_c, source FROM weather_daily WHERE station_code = %s
+                        AND day BETWEEN %s AND %s ORDER BY day""", (station_code, day_from, day_to), dicts=True)
+
+
+def household_gaps_stmt(household_id: int, substation_id: int, start: dt.datetime, end: dt.datetime) -> Statement:
+    """Known device outages overlapping [start, end) (an open gap has ended_at NULL) of the household's
+    room thermometers and of its substation's devices: (device_id, started_at, ended_at, reason).
+    By household id, so it needs no earlier read of the rooms and goes in the curve's one round trip."""
+    return Statement("""SELECT device_id, started_at, ended_at, reason FROM device_gap
+                         WHERE device_id IN (SELECT device_id FROM sensor
+                                              WHERE (household_id = %s AND metric = 'room_temp' AND room_id IS NOT NULL)
+                                                 OR substation_id = %s)
+                           AND started_at < %s AND (ended_at IS NULL OR ended_at > %s)
+                         ORDER BY started_at""", (household_id, substation_id, end, start), dicts=True)
 
 
 def raw_room_samples(conn: psycopg.Connection, household_id: int, start: dt.datetime, end: dt.datetime) -> list[tuple]:

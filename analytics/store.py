@@ -20,6 +20,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from analytics.policy import PolicyTable, default_table
+from analytics.queries import Statement, run
 
 log = logging.getLogger(__name__)
 
@@ -367,20 +368,26 @@ def record_run(conn: psycopg.Connection, *, kind: str, day_from: dt.date | None,
 
 def household_days(conn: psycopg.Connection, household_id: int, day_from: dt.date, day_to: dt.date) -> list[dict]:
     """Household/day verdicts (view compliance_household_day) for ticketing, dunning and the API."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("""SELECT household_id, day, status, worst_stat_c, refund_ratio, min_coverage
-                                FROM compliance_household_day WHERE household_id = %s AND day BETWEEN %s AND %s
-                               ORDER BY day""", (household_id, day_from, day_to)).fetchall()
+    return run(conn, household_days_stmt(household_id, day_from, day_to))
+
+
+def household_days_stmt(household_id: int, day_from: dt.date, day_to: dt.date) -> Statement:
+    return Statement("""SELECT household_id, day, status, worst_stat_c, refund_ratio, min_coverage
+                          FROM compliance_household_day WHERE household_id = %s AND day BETWEEN %s AND %s
+                         ORDER BY day""", (household_id, day_from, day_to), dicts=True)
 
 
 def room_days(conn: psycopg.Connection, household_id: int, day_from: dt.date, day_to: dt.date) -> list[dict]:
     """Per room/day rows of compliance_day, with the room code and type."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("""
+    return run(conn, room_days_stmt(household_id, day_from, day_to))
+
+
+def room_days_stmt(household_id: int, day_from: dt.date, day_to: dt.date) -> Statement:
+    return Statement("""
             SELECT cd.*, r.code AS room_code, r.room_type, r.area_m2 AS room_area_m2
               FROM compliance_day cd JOIN room r ON r.id = cd.room_id
              WHERE cd.household_id = %s AND cd.day BETWEEN %s AND %s ORDER BY cd.day, r.code""",
-                           (household_id, day_from, day_to)).fetchall()
+                     (household_id, day_from, day_to), dicts=True)
 
 
 __all__ = ["code_version", "HouseholdInfo", "RoomInfo", "Samples", "DAY_COLUMNS", "load_households", "load_rooms",

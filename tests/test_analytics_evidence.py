@@ -91,14 +91,27 @@ def test_shared_series_cache_expires_and_stays_bounded(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(ev.time, "monotonic", lambda: clock[0])
     cache = SharedSeriesCache(ttl_s=30, max_entries=4)
-    calls = []
-    assert cache.get(("a",), lambda: calls.append(1) or "x") == "x"
-    assert cache.get(("a",), lambda: calls.append(1) or "y") == "x"
-    clock[0] += 31
-    assert cache.get(("a",), lambda: calls.append(1) or "z") == "z" and len(calls) == 2
+    assert cache.peek(("a",)) is None
+    cache.put(("a",), "x")
+    assert cache.peek(("a",)) == "x"
+    clock[0] += 23
+    assert cache.peek(("a",)) == "x"                   # fresh for at least 0.8 × ttl …
+    clock[0] += 8
+    assert cache.peek(("a",)) is None                  # … and gone after ttl (31 s old)
+    assert (cache.hits, cache.misses) == (2, 2)
     for k in range(10):
-        cache.get((k,), lambda: k)
+        cache.put((k,), k)
     assert len(cache._items) <= 4
+
+
+def test_shared_series_cache_spreads_expiry_of_entries_filled_together(monkeypatch):
+    import analytics.evidence as ev
+    monkeypatch.setattr(ev.time, "monotonic", lambda: 1000.0)
+    cache = SharedSeriesCache(ttl_s=100, max_entries=1000)
+    for k in range(200):
+        cache.put((k,), k)
+    expiries = sorted(exp - 1000.0 for exp, _v in cache._items.values())
+    assert 80 <= expiries[0] and expiries[-1] <= 100 and expiries[-1] - expiries[0] > 15
 
 
 @pytest.mark.parametrize("start, end, message", [
@@ -142,3 +155,46 @@ def test_canonical_serialisation_is_order_independent():
     rows = [("b", t, 18.1, 0, 0.0), ("a", t + dt.timedelta(seconds=1), 0.1 + 0.2, 2, 0.5)]
     assert canonical_samples(rows) == canonical_samples(rows[::-1])
     assert canonical_samples(rows).decode().splitlines()[0] == "a\t1767225601000000\t0.30000000000000004\t2\t0.5"
+
+
+def _syncs(conn: psycopg.Connection, fn) -> int:
+    """How many protocol Sync messages (≈ round trips) ``fn()`` sends: libpq's trace of the connection."""
+    import tempfile
+    with tempfile.TemporaryFile("w+") as f:
+        conn.pgconn.trace(f.fileno())
+        try:
+            fn()
+        finally:
+            conn.pgconn.untrace()
+        f.seek(0)
+        return sum(1 for line in f if "\tF\t" in line and line.rstrip().endswith("Sync"))
+
+
+def test_run_all_answers_as_run_does_in_one_round_trip(curve_db):
+    from analytics import queries as Q
+    from analytics import store
+    conn, site, hid = curve_db
+    start, end = local(D1), local(D2 + dt.timedelta(days=1))
+    sub_id = Q.household_context(conn, hid)["substation_id"]
+    stmts = [Q.household_rooms_stmt(hid), Q.room_buckets_stmt(hid, start, end, 1800, local(D1)),
+             Q.household_gaps_stmt(hid, sub_id, start, end), store.room_days_stmt(hid, D1, D2),
+             Q.weather_days_stmt(site.station, D1, D2), Q.weather_days_stmt(None, D1, D2)]
+    one_by_one = [Q.run(conn, s) for s in stmts]
+    together: list = []
+    assert _syncs(conn, lambda: together.extend(Q.run_all(conn, stmts))) == 1
+    assert together == one_by_one and all(one_by_one[:5]) and one_by_one[5] == []
+    with pytest.raises(psycopg.errors.UndefinedTable):          # an error surfaces, the rest is not half-read
+        Q.run_all(conn, [stmts[0], Q.Statement("SELECT * FROM no_such_table", ())])
+    conn.rollback()
+    assert Q.run_all(conn, stmts[:1]) == one_by_one[:1]
+
+
+def test_curve_reads_in_two_round_trips_cached_or_not(curve_db):
+    conn, site, hid = curve_db
+    start, end = local(D1), local(D2 + dt.timedelta(days=1))
+    cache = SharedSeriesCache(ttl_s=60)
+    curves: list = []
+    for _ in range(2):                    # a miss of the shared series, then a hit: household context + one batch
+        assert _syncs(conn, lambda: curves.append(household_curve(conn, hid, start, end, shared=cache))) == 2
+    assert (cache.misses, cache.hits) == (1, 1) and curves[0] == curves[1]
+    assert _syncs(conn, lambda: household_curve(conn, hid, start, end)) == 2
