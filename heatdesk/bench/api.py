@@ -20,6 +20,9 @@ What it does, in one run:
    - **saturation**: the same clients with no think time (a closed loop that keeps the server 100 %
      busy); its latency is mostly queueing (≈ clients ÷ throughput) and says how much headroom there is.
 
+   Before them, untimed: a few requests of each endpoint one by one, then 2 × ``--concurrency`` of each
+   with all clients at once (the pool grows to its working size, the shared series fill).
+
    Latency is measured per request on the client (send → full body), so it includes queueing in
    the server; p50/p95/p99 in ms, throughput and non-2xx counts (reported, not hidden).
 
@@ -130,11 +133,17 @@ async def _drive(base: str, token: str, households: list[int], concurrency: int,
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits,
                                  timeout=60) as client:
-        # warm-up: a few of each, outside the timings (first-request imports, plan caches)
+        # warm-up, outside the timings: a few of each one by one (first-request imports), then
+        # 2 × concurrency of each with every client at once, so the connection pool has grown to its
+        # working size and the shared substation series are filled — an agent console that has been in
+        # use, not one started a second ago (measured: 21 of the first 25 curves after a start took
+        # 117–277 ms while the pool grew from 2 connections, none after the first half second)
         warm = _requests(households, 5, rng)
         for reqs in warm.values():
             for req in reqs:
                 (await client.request(*req[:2], json=req[2])).raise_for_status()
+        for i, reqs in enumerate(_requests(households, 2 * concurrency, rng).values()):
+            await _phase(client, concurrency, reqs, 0.0, seed=100 + i)
         n = concurrency * per_client
         paced, saturated = _requests(households, n, rng), _requests(households, max(200, 4 * concurrency), rng)
         out: dict = {"paced": {}, "saturation": {}}
@@ -235,7 +244,9 @@ def run(args) -> dict:
     concurrency = getattr(args, "concurrency", None) or 50
     think_s = (getattr(args, "think_ms", None) if getattr(args, "think_ms", None) is not None else 1000) / 1000
     keep = bool(getattr(args, "keep_db", False))
-    per_client = 10
+    # 30 requests per client (1 500 per paced phase, ~35 s): with 500, p95 was the 25 slowest requests
+    # of a 12 s phase and moved with whatever happened in those seconds (curve p95 70–208 ms, one code)
+    per_client = 30
     # uvicorn worker processes (the CLI has no flag for it): HEATDESK_BENCH_API_WORKERS, default 1
     workers = int(os.environ.get("HEATDESK_BENCH_API_WORKERS", "1"))
     logging.getLogger("httpx").setLevel(logging.WARNING)     # one line per request would drown the figures
