@@ -77,12 +77,8 @@ def substation_context(conn: psycopg.Connection, substation_id: int) -> dict | N
                            (substation_id,)).fetchone()
 
 
-def household_rooms(conn: psycopg.Connection, household_id: int) -> list[dict]:
-    """Rooms with their room thermometers (sensor ids and device ids)."""
-    return run(conn, household_rooms_stmt(household_id))
-
-
 def household_rooms_stmt(household_id: int) -> Statement:
+    """Rooms with their room thermometers (sensor ids and device ids)."""
     return Statement("""
             SELECT r.id, r.code, r.room_type, r.area_m2, r.counts_for_compliance,
                    coalesce(array_agg(s.id ORDER BY s.id) FILTER (WHERE s.id IS NOT NULL), '{}') AS sensor_ids,
@@ -91,14 +87,9 @@ def household_rooms_stmt(household_id: int) -> Statement:
              WHERE r.household_id = %s GROUP BY r.id ORDER BY r.id""", (household_id,), dicts=True)
 
 
-def room_buckets(conn: psycopg.Connection, household_id: int, start: dt.datetime, end: dt.datetime,
-                 bucket_s: int, origin: dt.datetime) -> list[tuple]:
-    """(room_id, bucket start, mean ℃, min ℃, max ℃, n) of valid samples, offset applied."""
-    return run(conn, room_buckets_stmt(household_id, start, end, bucket_s, origin))
-
-
 def room_buckets_stmt(household_id: int, start: dt.datetime, end: dt.datetime, bucket_s: int,
                       origin: dt.datetime) -> Statement:
+    """(room_id, bucket start, mean ℃, min ℃, max ℃, n) of valid samples, offset applied."""
     return Statement(f"""
         SELECT s.room_id, date_bin(make_interval(secs => %s), r.time, %s) AS bucket,
                avg(r.value + {_OFFSET}), min(r.value + {_OFFSET}), max(r.value + {_OFFSET}), count(*)
@@ -124,24 +115,15 @@ def substation_buckets_stmt(substation_id: int, metrics: Sequence[str], start: d
          GROUP BY 1, 2 ORDER BY 1, 2""", (bucket_s, origin, substation_id, list(metrics), start, end))
 
 
-def outdoor_buckets(conn: psycopg.Connection, substation_id: int, station_code: str | None, start: dt.datetime,
-                    end: dt.datetime, bucket_s: int, origin: dt.datetime) -> list[tuple]:
-    """(bucket, mean ℃) of outdoor thermometers at the substation or the weather station."""
-    return run(conn, outdoor_buckets_stmt(substation_id, station_code, start, end, bucket_s, origin))
-
-
 def outdoor_buckets_stmt(substation_id: int, station_code: str | None, start: dt.datetime, end: dt.datetime,
                          bucket_s: int, origin: dt.datetime) -> Statement:
+    """(bucket, mean ℃) of outdoor thermometers at the substation or the weather station."""
     return Statement("""
         SELECT date_bin(make_interval(secs => %s), r.time, %s) AS bucket, avg(r.value)
           FROM readings r JOIN sensor s ON s.id = r.sensor_id
          WHERE s.metric = 'outdoor_temp' AND (s.substation_id = %s OR s.weather_station_code = %s)
            AND r.quality = 0 AND r.time >= %s AND r.time < %s
          GROUP BY 1 ORDER BY 1""", (bucket_s, origin, substation_id, station_code, start, end))
-
-
-def weather_days(conn: psycopg.Connection, station_code: str | None, day_from: dt.date, day_to: dt.date) -> list[dict]:
-    return run(conn, weather_days_stmt(station_code, day_from, day_to))
 
 
 def weather_days_stmt(station_code: str | None, day_from: dt.date, day_to: dt.date) -> Statement:

@@ -261,11 +261,6 @@ class _BenchBroker(PrivateBroker):
             cb.MOSQUITTO_CONF = conf
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
 def _forget(url: str, client_id: str) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
@@ -349,7 +344,7 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
         k = 0
         while not stop.is_set():
             t = round(time.monotonic() - t0, 1)
-            rss.append((t, round(_rss_mb(), 1)))
+            rss.append((t, round(memory.rss_mb(), 1)))
             if k % 10 == 0:
                 breakdown.append({"t_s": t, **memory.sample(), "peak_in_flight": svc.take_peak_in_flight()})
             k += 1
