@@ -272,7 +272,12 @@ def test_dead_and_offline_devices_do_not_slow_the_live_one(caplog):
             elapsed = time.monotonic() - t0
     live_rate = (after["live"].good_polls - before["live"].good_polls) / elapsed
     assert live_rate >= 0.8 / interval, f"live device polled {live_rate:.1f}/s, schedule is {1 / interval:.0f}/s"
-    assert after["live"].skipped_slots <= 2
+    # slots skipped in the window, while the others were dead (not in the start-up before it). One wait
+    # on the mute device's 0.3 s timeout would cost the live one 6 slots (and its retries several
+    # times that); ≤ 4 of the window's 40 leaves room for one ~200 ms stall of a shared 2-CPU machine —
+    # a full CI run once saw 3 in the lifetime count, with 0 in every run of the test alone, also
+    # with the CPUs saturated
+    assert after["live"].skipped_slots - before["live"].skipped_slots <= 4, (before["live"], after["live"])
     # the dead ones are retried with backoff (capped 0.4 s), not at every slot and never in a busy loop
     for dev in ("dead", "mute"):
         tries = after[dev].connects - before[dev].connects
