@@ -17,7 +17,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from analytics.policy import PolicyTable, default_table
 from analytics.queries import Statement, run

@@ -216,6 +216,7 @@ class _TimedService(IngestService):
     full_commit: tuple[float, int] | None = None
     submitted = 0
     peak_in_flight = 0            # most deliveries submitted and not yet acked; reset by the memory sampler
+    stall_first_write_s = 0.0     # --duration: the first commit waits this long, as a slow commit would
 
     def submit(self, delivery: Delivery) -> None:
         if self.first is None:
@@ -227,8 +228,6 @@ class _TimedService(IngestService):
     def take_peak_in_flight(self) -> int:
         peak, self.peak_in_flight = self.peak_in_flight, 0
         return peak
-
-    stall_first_write_s = 0.0    # --duration: the first commit waits this long, as a slow commit would
 
     def _write(self, batch: Batch, *, ack: bool = True) -> None:
         if self.stall_first_write_s and batch.rows:     # the first batch of readings (not a device event)
