@@ -23,7 +23,10 @@ the last 60 s of publishing, ``live_s``) and ``rss_growth_mb`` (their difference
 mmapped, and ``peak_in_flight``, the most deliveries held un-acked by the service since the last sample;
 ``in_flight_max`` and ``in_flight_bound`` = ReceiveMaximum); the MQTT connection's health during (c) from the adapter's
 counters (``mqtt_disconnects``, ``mqtt_keepalive_timeouts``, PINGREQs sent and the longest PINGRESP
-wait); modbus polls/s from heatdesk.bench.modbus when that module exists.
+wait); how long each of (c)'s writes took (``end_to_end_writes``: COPY + merge + COMMIT + acks, p50 / p95 /
+max) and what the shared PostgreSQL server did meanwhile (``end_to_end_server``: checkpoints, WAL,
+autovacuum workers and other databases' active queries; heatdesk/bench/pg_activity.py); modbus polls/s
+from heatdesk.bench.modbus when that module exists.
 
 How the MQTT figures are taken: the consumer's persistent session is created, taken offline, the
 publisher process publishes N readings at full speed into the broker's queue for it, then the
@@ -65,6 +68,7 @@ from core.config import Settings, get_settings
 from core.db import apply_schema, drop_database, ensure_database, make_pool
 from core.quality import Quality
 from heatdesk.bench import memory
+from heatdesk.bench.pg_activity import ActivityWatch, percentiles_ms
 from ingest.batcher import Batch
 from ingest.gc_pacing import pace_gc
 from ingest.service import IngestService
@@ -216,6 +220,7 @@ class _TimedService(IngestService):
     full_commit: tuple[float, int] | None = None
     submitted = 0
     peak_in_flight = 0            # most deliveries submitted and not yet acked; reset by the memory sampler
+    write_s: list[float]          # per batch of readings: seconds in the writer (COPY, merge, COMMIT, acks)
     stall_first_write_s = 0.0     # --duration: the first commit waits this long, as a slow commit would
 
     def submit(self, delivery: Delivery) -> None:
@@ -233,7 +238,10 @@ class _TimedService(IngestService):
         if self.stall_first_write_s and batch.rows:     # the first batch of readings (not a device event)
             time.sleep(self.stall_first_write_s)
             self.stall_first_write_s = 0.0
+        t = time.perf_counter()
         super()._write(batch, ack=ack)
+        if batch.rows:
+            self.write_s.append(time.perf_counter() - t)
         if batch.rows >= self.settings.batch_max_rows:
             self.full_commit = (time.perf_counter(), self.totals["inserted"])
 
@@ -326,7 +334,9 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
     cfg = _config(root)
     pool = make_pool(url, min_size=1, max_size=4, name="bench-e2e")
     svc = _TimedService(pool, settings=settings, ranges=dict(cfg.ranges), spool_dir=settings.data_dir / "bench-spool")
+    svc.write_s = []
     svc.start()
+    watch = ActivityWatch(url).__enter__()          # what the shared server did meanwhile (pg_activity.py)
     first = 10_000_000
 
     def consumer():
@@ -376,6 +386,7 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
     t_end = time.perf_counter()
     svc.drain(10)
     stop.set()
+    watch.__exit__(None, None, None)
     mqtt_health = ad.counters()
     ad.stop()
     svc.stop()
@@ -390,7 +401,8 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
             "lost": max(0, sent - distinct),
             "duplicated": total - min(total, sent), "rss_mb": rss, "memory": breakdown, "batches": svc.totals["batches"],
             "acked": svc.totals["acked"], "publisher_per_s": pub_rate, "live": bool(duration),
-            "mqtt": mqtt_health, "live_s": live_s}
+            "mqtt": mqtt_health, "live_s": live_s, "writes": percentiles_ms(svc.write_s),
+            "server": watch.result.as_dict()}
 
 
 class _Naive:
@@ -559,6 +571,10 @@ def run(args) -> dict:
         say(f"(c) end to end        {c_['per_s']:>10.0f} readings/s  (MQTT QoS 1 → commit → ack; "
             f"{c_['batches']} commits, lost {c_['lost']}, duplicated {c_['duplicated']}; "
             f"{c_['per_s_with_tail']:.0f}/s with the last partial batch)")
+        w, sv = c_["writes"], c_["server"]
+        say(f"    writes p50 {w.get('p50_ms')} ms, p95 {w.get('p95_ms')} ms, max {w.get('max_ms')} ms; server meanwhile: "
+            f"{sv['checkpoints']} checkpoint(s), {sv['wal_mb']} MB WAL, autovacuum ≤ {sv['autovacuum_workers_max']}, "
+            f"other databases' active queries ≤ {sv['other_active_max']}")
         _forget(mqtt_url, f"{client}-c-bench")     # (c)'s session is done: free the broker's state before (d)
         d = _phase_naive(settings, url, root + "/d", n_naive)
         say(f"(d) naive per-message {d['per_s']:>10.0f} readings/s  (INSERT + COMMIT per message, n={n_naive})")
@@ -616,6 +632,8 @@ def run(args) -> dict:
         "mqtt_pings_sent": c_["mqtt"]["pings_sent"],
         "mqtt_pingresp_max_wait_s": c_["mqtt"]["pingresp_max_wait_s"],
         "load_avg_1min_end": round(os.getloadavg()[0], 2),
+        "end_to_end_writes": c_["writes"],
+        "end_to_end_server": c_["server"],
         "modbus_polls_per_s": polls, "modbus_note": polls_note,
         "gc": pacer.stats(),
     }
