@@ -222,10 +222,15 @@ class _TimedService(IngestService):
     peak_in_flight = 0            # most deliveries submitted and not yet acked; reset by the memory sampler
     write_s: list[float]          # per batch of readings: seconds in the writer (COPY, merge, COMMIT, acks)
     stall_first_write_s = 0.0     # --duration: the first commit waits this long, as a slow commit would
+    cpu_probe = None              # () -> {who: CPU seconds}; read at the first message and each full commit
+    cpu_first: tuple[float, dict] | None = None
+    cpu_full: tuple[float, dict] | None = None
 
     def submit(self, delivery: Delivery) -> None:
         if self.first is None:
             self.first = time.perf_counter()
+            if self.cpu_probe is not None:
+                self.cpu_first = (self.first, self.cpu_probe())
         self.submitted += 1
         self.peak_in_flight = max(self.peak_in_flight, self.submitted - self.totals["acked"])
         super().submit(delivery)
@@ -244,6 +249,8 @@ class _TimedService(IngestService):
             self.write_s.append(time.perf_counter() - t)
         if batch.rows >= self.settings.batch_max_rows:
             self.full_commit = (time.perf_counter(), self.totals["inserted"])
+            if self.cpu_probe is not None:
+                self.cpu_full = (self.full_commit[0], self.cpu_probe())
 
 
 class _BenchBroker(PrivateBroker):
@@ -330,7 +337,7 @@ def _phase_db(url, settings, n) -> dict:
             "inserted_replay": again}
 
 
-def _phase_end_to_end(settings, url, root, n, duration) -> dict:
+def _phase_end_to_end(settings, url, root, n, duration, broker_pid: int | None = None) -> dict:
     cfg = _config(root)
     pool = make_pool(url, min_size=1, max_size=4, name="bench-e2e")
     svc = _TimedService(pool, settings=settings, ranges=dict(cfg.ranges), spool_dir=settings.data_dir / "bench-spool")
@@ -382,8 +389,18 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
         t0 = time.monotonic()
         threading.Thread(target=sample, daemon=True).start()
         ad.start()
+    # CPU used while the rate is measured (first message → last full commit), as a share of one core:
+    # our two threads (one GIL between them) and the broker when the bench started it
+    net = ad.connections[0].client._thread
+    who = {"ingest_thread": {"thread": svc._thread.native_id},
+           "mqtt_network_thread": {"thread": net.native_id if net else None}, "broker": {"pid": broker_pid}}
+    svc.cpu_probe = lambda: {k: memory.cpu_s(**w) for k, w in who.items()}
     _wait_progress(lambda: svc.totals["inserted"], sent, "(c) end to end")
     t_end = time.perf_counter()
+    busy = {}
+    if svc.cpu_first and svc.cpu_full:
+        (ta, ca), (tb, cb) = svc.cpu_first, svc.cpu_full
+        busy = {k: round((cb[k] - ca[k]) / (tb - ta), 2) for k in who if ca[k] is not None and cb[k] is not None}
     svc.drain(10)
     stop.set()
     watch.__exit__(None, None, None)
@@ -402,7 +419,7 @@ def _phase_end_to_end(settings, url, root, n, duration) -> dict:
             "duplicated": total - min(total, sent), "rss_mb": rss, "memory": breakdown, "batches": svc.totals["batches"],
             "acked": svc.totals["acked"], "publisher_per_s": pub_rate, "live": bool(duration),
             "mqtt": mqtt_health, "live_s": live_s, "writes": percentiles_ms(svc.write_s),
-            "server": watch.result.as_dict()}
+            "server": watch.result.as_dict(), "threads": busy}
 
 
 class _Naive:
@@ -567,7 +584,7 @@ def run(args) -> dict:
         with psycopg.connect(url) as c:
             c.execute("TRUNCATE readings, readings_dirty, ingest_counter")
         c_ = _phase_end_to_end(settings.model_copy(update={"mqtt_client_id": client + "-c"}), url, root + "/c", n,
-                               duration)
+                               duration, broker.proc.pid if broker is not None and broker.proc else None)
         say(f"(c) end to end        {c_['per_s']:>10.0f} readings/s  (MQTT QoS 1 → commit → ack; "
             f"{c_['batches']} commits, lost {c_['lost']}, duplicated {c_['duplicated']}; "
             f"{c_['per_s_with_tail']:.0f}/s with the last partial batch)")
@@ -634,6 +651,7 @@ def run(args) -> dict:
         "load_avg_1min_end": round(os.getloadavg()[0], 2),
         "end_to_end_writes": c_["writes"],
         "end_to_end_server": c_["server"],
+        "end_to_end_cpu_share": c_["threads"],
         "modbus_polls_per_s": polls, "modbus_note": polls_note,
         "gc": pacer.stats(),
     }

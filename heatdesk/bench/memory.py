@@ -65,3 +65,18 @@ def sample() -> dict:
                     "malloc_free_held_mb": round(m.fordblks / 1e6, 1), "malloc_mmap_mb": round(m.hblkhd / 1e6, 1),
                     "malloc_mmap_chunks": m.hblks})
     return out
+
+
+def cpu_s(*, thread: int | None = None, pid: int | None = None) -> float | None:
+    """CPU seconds (user + system) used by one thread of this process (its native id) or by another
+    process, from /proc; None when it is gone or /proc is not Linux's. Beside memory, the other thing
+    a phase's threads and servers share: which of them is busy tells where an end-to-end rate is lost."""
+    if thread is None and pid is None:
+        return None
+    path = f"/proc/self/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")      # utime, stime
