@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from adapters.base import Adapter, Delivery, DeviceEvent, Rejection
+from adapters.base import Adapter, Delivery, DeviceEvent, GroupAck, Rejection
 from adapters.config import DevicesConfigError, MqttDevice
 from adapters.payload import MAX_REJECT_PAYLOAD, SubscriptionDecoder, decoders_for_device
 
@@ -54,6 +54,9 @@ KEEPALIVE_S = 30
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 
+
+#: a PUBACK's first two bytes (type, remaining length 2) above its 16-bit packet id, as one big-endian word
+_PUBACK_HEAD = (mqtt.PUBACK << 24) | (2 << 16)
 
 #: packets handled per read event, and the time they may take, before the loop services writes
 #: (PUBACKs) and keep-alive again — a consumer that blocks in on_message must still ping in time
@@ -108,13 +111,74 @@ class _ReadBufferedSocket:
         return getattr(self._sock, name)
 
 
+_PROPERTIES_SLOT = mqtt.MQTTMessage.properties        # the slot paho's MQTTMessage keeps them in
+
+
+class _ReceivedV5Message(mqtt.MQTTMessage):
+    """An MQTT 5 PUBLISH that carried no properties: its (empty) ``Properties`` object is made when
+    first asked for, as paho would have made it up front — we never ask."""
+    __slots__ = ()
+
+    @property
+    def properties(self) -> Properties:
+        props = _PROPERTIES_SLOT.__get__(self)
+        if props is None:
+            props = Properties(PacketTypes.PUBLISH)
+            _PROPERTIES_SLOT.__set__(self, props)
+        return props
+
+    @properties.setter
+    def properties(self, value: Properties | None) -> None:
+        _PROPERTIES_SLOT.__set__(self, value)
+
+
+def decode_plain_publish(command: int, packet: bytes | bytearray, protocol: int) -> mqtt.MQTTMessage | None:
+    """The common PUBLISH — QoS 0 or 1, a topic name, and in MQTT 5 no properties — decoded straight
+    into paho's message type; None for anything else (QoS 2, properties, an empty topic or a topic
+    alias, a truncated packet), which paho's own ``decode_publish`` then handles, errors included.
+
+    Why: paho 2.2.0 builds and parses a ``Properties`` object for every MQTT 5 PUBLISH through
+    ``struct`` formats made per call — 12 µs a message here, a third of the network thread's time
+    at the protocol ceiling (py-spy, ``heatdesk bench ingest``), and the thread is what limits both
+    the ceiling and end-to-end ingest. Thermometers send no properties."""
+    qos = (command & 0x06) >> 1
+    n = len(packet)
+    if qos > 1 or n < 2:
+        return None
+    slen = (packet[0] << 8) | packet[1]
+    pos = 2 + slen
+    if slen == 0:
+        return None
+    mid = 0
+    if qos:
+        if n < pos + 2:
+            return None
+        mid = (packet[pos] << 8) | packet[pos + 1]
+        pos += 2
+    if protocol == mqtt.MQTTv5:
+        if n <= pos or packet[pos] != 0:       # property length 0 is the single byte 0x00
+            return None
+        pos += 1
+        msg: mqtt.MQTTMessage = _ReceivedV5Message(mid, bytes(packet[2:2 + slen]))
+    else:
+        if n < pos:
+            return None
+        msg = mqtt.MQTTMessage(mid, bytes(packet[2:2 + slen]))
+    msg.dup = bool(command & 0x08)
+    msg.qos = qos
+    msg.retain = bool(command & 0x01)
+    msg.payload = bytes(packet[pos:])
+    return msg
+
+
 class _IngestClient(mqtt.Client):
     """paho's Client with a keep-alive that does not kill a busy connection, and cheaper I/O.
 
     paho-mqtt 2.2.0 (pinned in pyproject.toml; this overrides private methods ``_sock_send``,
-    ``_send_pingreq``, ``_handle_pingresp``, ``_create_socket``, ``_packet_queue``, ``_packet_write`` and
-    ``_handle_on_message`` and the public ``loop_misc``, ``loop_read``, ``ack`` and ``reconnect``, guarded
-    by tests/test_mqtt_keepalive.py, tests/test_mqtt_io.py and tests/test_adapters_mqtt.py) has two
+    ``_send_pingreq``, ``_handle_pingresp``, ``_create_socket``, ``_packet_queue``, ``_packet_write``,
+    ``_handle_publish`` and ``_handle_on_message`` and the public ``loop_misc``, ``loop_read``, ``ack``
+    and ``reconnect``, guarded by tests/test_mqtt_keepalive.py, tests/test_mqtt_io.py and
+    tests/test_adapters_mqtt.py) has two
     behaviours that together dropped our connection every 60–90 s whenever the publisher outran us
     (docs/ingest.md):
 
@@ -147,7 +211,9 @@ class _IngestClient(mqtt.Client):
       buffer was empty; the thread sends the whole buffer in one write (``_packet_write``). Any other
       packet queued (SUBSCRIBE of the ack barrier, DISCONNECT) first moves the buffered PUBACKs ahead
       of itself, so the order the broker sees is the order we acked in; a reconnect discards them with
-      paho's own queue (their packet ids belong to the old connection).
+      paho's own queue (their packet ids belong to the old connection);
+    * a PUBLISH without MQTT 5 properties is decoded without paho's ``Properties`` parser
+      (``decode_plain_publish``; tests/test_mqtt_publish_decode.py checks it against paho's decoder).
     """
 
     def __init__(self, *args, **kwargs):
@@ -173,6 +239,21 @@ class _IngestClient(mqtt.Client):
                 return self._loop_rc_handle(rc)
             if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN or time.monotonic() > until:
                 break
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        """paho's PUBLISH handling for QoS 0/1 without paho's property decoding (decode_plain_publish);
+        every other PUBLISH goes through paho's own."""
+        msg = decode_plain_publish(self._in_packet["command"], self._in_packet["packet"], self._protocol)
+        if msg is None:
+            return super()._handle_publish()
+        if self.on_log is not None or self._logger is not None:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received PUBLISH (d%d, q%d, r%d, m%d), %r, ...  (%d bytes)",
+                           msg.dup, msg.qos, msg.retain, msg.mid, msg._topic, len(msg.payload))
+        msg.timestamp = mqtt.time_func()
+        self._handle_on_message(msg)
+        if msg.qos == 1 and not self._manual_ack:
+            return self._send_puback(msg.mid)
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
@@ -210,6 +291,25 @@ class _IngestClient(mqtt.Client):
                     w.send(b"0")
                 except (BlockingIOError, OSError):
                     pass                   # a wake-up byte is already waiting, or the loop is gone
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_many(self, mids: list[int]) -> mqtt.MQTTErrorCode:
+        """``ack(mid, 1)`` for each of ``mids``, in order, under one lock and one buffer append."""
+        if not mids:
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        if self._sock is None:
+            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN     # the broker re-sends them on the next connection
+        data = struct.pack(f"!{len(mids)}I", *[_PUBACK_HEAD | mid for mid in mids])
+        with self._acks_lock:
+            wake = not self._acks
+            self._acks += data
+        if wake:
+            w = self._sockpairW
+            if w is not None:
+                try:
+                    w.send(b"0")
+                except (BlockingIOError, OSError):
+                    pass
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _move_acks(self) -> None:
@@ -280,6 +380,15 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
+class _Ack(GroupAck):
+    """The PUBACK of one QoS 1 message, born in connection generation ``gen``; ingest acks a batch's
+    worth together through ``group`` (_Connection._ack_group)."""
+    __slots__ = ("group", "gen", "mid")
+
+    def __init__(self, group, gen: int, mid: int):
+        self.group, self.gen, self.mid = group, gen, mid
+
+
 class _Connection:
     """One paho client for one devices.yaml MQTT device (one broker session)."""
 
@@ -297,6 +406,7 @@ class _Connection:
         self.filters = list(dict.fromkeys(prefix + d.topic.filter for d in self.decoders))
         self._gen = 0                     # connection generation; acks carry the one they were born in
         self._gen_lock = threading.Lock()
+        self._ack_group = self._ack_many  # one bound method: ingest groups acks by its identity
         self.connected = False
         self._fail_reported = False
         self.received = 0
@@ -431,19 +541,34 @@ class _Connection:
     def _make_ack(self, mid: int, qos: int) -> Callable[[], None] | None:
         if qos == 0:
             return None
+        if qos == 1:
+            return _Ack(self._ack_group, self._gen, mid)
         gen = self._gen
         client = self.client
 
-        def ack() -> None:
+        def ack() -> None:                 # QoS 2 (never asked for: we subscribe at QoS 1)
             with self._gen_lock:
                 if gen != self._gen:
-                    self.stale_acks += 1   # connection changed: the broker re-sends, that copy is acked
+                    self.stale_acks += 1
                     return
                 rc = client.ack(mid, qos)
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 log.debug("device %s: PUBACK %d not sent (%s); the broker will re-send", self.device.id, mid, rc)
 
         return ack
+
+    def _ack_many(self, acks: list[_Ack]) -> int:
+        """PUBACK every ack of the current connection generation, in order. Older ones are stale: the
+        connection they came on is gone and the broker re-sends those messages, whose copies are
+        committed again (ON CONFLICT DO NOTHING) and acked on this connection."""
+        with self._gen_lock:
+            gen = self._gen
+            mids = [a.mid for a in acks if a.gen == gen]
+            self.stale_acks += len(acks) - len(mids)
+            rc = self.client.ack_many(mids)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            log.debug("device %s: %d PUBACKs not sent (%s); the broker will re-send", self.device.id, len(mids), rc)
+        return len(acks)
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
