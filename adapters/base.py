@@ -56,6 +56,22 @@ class Rejection:
     detail: str = ""                  # human text naming the device, point and numbers
 
 
+class GroupAck:
+    """An ack its adapter can carry out together with others of the same group.
+
+    ``Delivery.ack`` may be any callable; when it is a GroupAck, ingest (``ingest.writer.ack_all``)
+    calls ``group(acks)`` once for a run of consecutive acks of one group instead of each ack on its
+    own — for MQTT one lock and one buffer append for a whole batch's PUBACKs instead of two locks and
+    a ``struct.pack`` per message, work done on the thread that also commits (docs/ingest.md,
+    "Throughput"). ``group`` must be the same object for every ack it can take, and return how many
+    of them it carried out (or dropped as stale, as the ack itself would)."""
+    __slots__ = ()
+    group: Callable[[list["GroupAck"]], int]
+
+    def __call__(self) -> None:
+        self.group([self])
+
+
 @dataclass(slots=True)
 class Delivery:
     """One unit of work from an adapter (one MQTT message, one Modbus poll, one OPC UA batch)."""

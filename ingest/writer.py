@@ -28,7 +28,7 @@ from typing import Iterable
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from adapters.base import Delivery, DeviceEvent, Reading, Rejection
+from adapters.base import Delivery, DeviceEvent, GroupAck, Reading, Rejection
 from ingest.batcher import Batch
 
 log = logging.getLogger(__name__)
@@ -263,15 +263,37 @@ def apply_events(conn: psycopg.Connection, events: Iterable[DeviceEvent]) -> Non
 
 
 def ack_all(deliveries: Iterable[Delivery]) -> int:
-    """Call every delivery's ack, in order. An ack that fails is logged: the data is committed, the
-    upstream re-sends and the database deduplicates."""
+    """Call every delivery's ack, in order; consecutive acks of one adapter group (adapters.base.GroupAck)
+    in one call. An ack that fails is logged: the data is committed, the upstream re-sends and the
+    database deduplicates."""
     n = 0
+    group = None
+    run: list[GroupAck] = []
     for d in deliveries:
-        if d.ack is not None:
-            try:
-                d.ack()
-                n += 1
-            except Exception:
-                log.exception("ack failed after commit (upstream will re-send; duplicates are dropped)")
-    return n
+        a = d.ack
+        if a is None:
+            continue
+        g = a.group if isinstance(a, GroupAck) else None
+        if g is not group:
+            n += _ack_run(group, run)
+            group, run = g, []
+        if g is not None:
+            run.append(a)
+            continue
+        try:
+            a()
+            n += 1
+        except Exception:
+            log.exception("ack failed after commit (upstream will re-send; duplicates are dropped)")
+    return n + _ack_run(group, run)
+
+
+def _ack_run(group, run: list) -> int:
+    if not run:
+        return 0
+    try:
+        return group(run)
+    except Exception:
+        log.exception("%d acks failed after commit (upstream will re-send; duplicates are dropped)", len(run))
+        return 0
 

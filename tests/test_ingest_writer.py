@@ -7,12 +7,12 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from adapters.base import Delivery, DeviceEvent, Reading, Rejection, SensorMeta
+from adapters.base import Delivery, DeviceEvent, GroupAck, Reading, Rejection, SensorMeta
 from core.db import make_pool
 from core.quality import Quality
 from ingest.batcher import Batch
 from ingest.rollup import refresh_rollups
-from ingest.writer import DatabaseDown, Writer
+from ingest.writer import DatabaseDown, Writer, ack_all
 from tests.helpers import free_port
 
 T0 = datetime(2026, 11, 23, 0, 0, tzinfo=timezone.utc)
@@ -158,3 +158,37 @@ def test_rollup_refreshes_dirty_hours_and_late_data(pool, fresh_db_url):
     with psycopg.connect(fresh_db_url) as c:
         rows = c.execute("SELECT count, good_count FROM readings_hourly ORDER BY bucket").fetchall()
     assert rows == [(7, 6), (6, 6)]
+
+
+def test_ack_all_groups_consecutive_group_acks_in_order_and_keeps_plain_callables():
+    """adapters.base.GroupAck: one group call per run of one group's acks, the order kept across groups
+    and plain callables; a failing group is logged, not raised (the data is committed already)."""
+    calls: list = []
+
+    class A(GroupAck):
+        __slots__ = ("group", "n")
+
+        def __init__(self, group, n):
+            self.group, self.n = group, n
+
+    def g1(acks):
+        calls.append(("g1", [a.n for a in acks]))
+        return len(acks)
+
+    def g2(acks):
+        calls.append(("g2", [a.n for a in acks]))
+        return len(acks)
+
+    def broken(acks):
+        raise RuntimeError("socket gone")
+
+    def plain():
+        calls.append(("plain", None))
+
+    ds = [Delivery(ack=A(g1, 1)), Delivery(ack=A(g1, 2)), Delivery(), Delivery(ack=A(g2, 3)),
+          Delivery(ack=plain), Delivery(ack=A(g1, 4)), Delivery(ack=A(broken, 5)), Delivery(ack=A(g1, 6))]
+    assert ack_all(ds) == 6              # the broken group's ack is not counted
+    assert calls == [("g1", [1, 2]), ("g2", [3]), ("plain", None), ("g1", [4]), ("g1", [6])]
+    calls.clear()
+    A(g2, 7)()                           # called on its own, a GroupAck acks itself through its group
+    assert calls == [("g2", [7])]

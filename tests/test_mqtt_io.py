@@ -4,6 +4,7 @@ broker in order, and buffered PUBACKs never outlive their connection. Real socke
 from __future__ import annotations
 
 import socket
+import struct
 
 import paho.mqtt.client as mqtt
 
@@ -144,6 +145,28 @@ def test_ack_without_a_connection_is_refused():
     ic = _IngestClient(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
     assert ic.ack(1, 1) == mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
     assert len(ic._acks) == 0
+
+
+def test_ack_many_buffers_the_same_bytes_as_acking_one_by_one():
+    """ingest acks a batch's PUBACKs in one call (adapters.base.GroupAck): same bytes, same order."""
+    a, b = socket.socketpair()
+    try:
+        one, many = (_IngestClient(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                   manual_ack=True) for _ in range(2))
+        for ic in (one, many):
+            ic._sock = a                          # "connected": acks are buffered, not refused
+        mids = [1, 2, 300, 65535, 7]
+        for mid in mids:
+            one.ack(mid, 1)
+        assert many.ack_many(mids) == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert bytes(many._acks) == bytes(one._acks) == b"".join(struct.pack("!BBH", 0x40, 2, m) for m in mids)
+        assert many.ack_many([]) == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and len(many._acks) == 20
+        for ic in (one, many):
+            ic._sock = None
+        assert many.ack_many([9]) == mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN and len(many._acks) == 20
+    finally:
+        a.close()
+        b.close()
 
 
 def test_dispatch_leaves_no_cyclic_garbage(topic_prefix, mqtt_url, tmp_path, client_id):
