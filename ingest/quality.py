@@ -73,6 +73,14 @@ class QualityStage:
         """Checked copy of a delivery (same ack, same upstream_retains)."""
         if not delivery.readings:
             return delivery
+        if len(delivery.readings) == 1 and not delivery.rejects:      # one thermometer message
+            r = delivery.readings[0]
+            out = self.check(r)
+            if out is r:
+                return delivery
+            if isinstance(out, Reading):
+                return Delivery(readings=[out], ack=delivery.ack, upstream_retains=delivery.upstream_retains)
+            return Delivery(rejects=[out], ack=delivery.ack, upstream_retains=delivery.upstream_retains)
         readings: list[Reading] = []
         rejects: list[Rejection] = list(delivery.rejects)
         changed = False

@@ -81,3 +81,21 @@ def test_apply_keeps_ack_and_moves_rejections():
     assert out.upstream_retains is True
     out.ack()
     assert acked == [1]
+
+
+@pytest.mark.parametrize("value, readings, reasons, quality", [
+    (21.0, 1, [], Quality.GOOD),                       # unchanged: the same delivery object comes back
+    (3.0, 1, [], Quality.OUT_OF_RANGE),                # implausible: kept with its quality
+    (99.0, 0, ["out_of_possible_range"], None),         # impossible: a rejection
+    (float("inf"), 0, ["infinite"], None),
+])
+def test_apply_single_reading_delivery(value, readings, reasons, quality):
+    """The one-reading delivery (a thermometer's message) takes a shorter path: same outcomes."""
+    ack = object()
+    d = Delivery(readings=[rd(value)], ack=ack, upstream_retains=True)
+    out = QualityStage(RANGES).apply(d)
+    assert len(out.readings) == readings and [j.reason for j in out.rejects] == reasons
+    assert out.ack is ack and out.upstream_retains is True
+    if quality is not None:
+        assert out.readings[0].quality == quality
+    assert (out is d) == (quality == Quality.GOOD)
