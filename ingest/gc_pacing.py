@@ -21,11 +21,20 @@ runs (66 → 72 and 66.6 → 79 MB) are not cyclic garbage: with the memory brea
 reports, each step came with a new high of un-acked deliveries held by the service (8–12 k usually,
 18 k once at 475 s: pymalloc 33 → 39 arenas), while glibc's bytes in use and the number of live
 Python blocks stayed flat — high-water marks of a queue that ReceiveMaximum bounds (docs/ingest.md, "Throughput").
+After each paced collection glibc's ``malloc_trim(0)`` gives the heap's free pages back
+(``HEATDESK_MALLOC_TRIM=0`` turns it off). Why: a 10-minute live run after the ack and decode changes
+of 2026-11-23 (docs/ingest.md, "Throughput, third pass") showed glibc's heap growing 13.1 → 16.7 MB
+at ~0.4 MB/min while its bytes in use stayed at 9.8–9.9 MB and pymalloc at 30 arenas: freed memory
+between live chunks that free() never returns, so RSS rose with it. The trim costs about a
+millisecond every 10 s (``trim_seconds`` in the stats).
+
 Only the ingest process (``python -m ingest``) and the ingest benchmark pace their collector; nothing
 else imports this.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
@@ -37,10 +46,20 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 10.0
 
 
+def _malloc_trim():
+    """glibc's ``malloc_trim`` or None (another libc)."""
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
 class GcPacer:
     """Runs ``gc.collect()`` every ``interval_s``; ``stop()`` gives automatic collection back."""
 
-    def __init__(self, interval_s: float = DEFAULT_INTERVAL_S):
+    def __init__(self, interval_s: float = DEFAULT_INTERVAL_S, *, trim: bool = True):
         if interval_s < 0:
             raise ValueError("interval_s must be positive (or 0: CPython's own collector)")
         self.interval_s = interval_s
@@ -48,6 +67,8 @@ class GcPacer:
         self.collected = 0            # unreachable objects found (cyclic garbage)
         self.seconds = 0.0            # time spent collecting
         self.max_pause_s = 0.0
+        self.trim = _malloc_trim() if trim else None
+        self.trim_seconds = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._was_enabled = gc.isenabled()
@@ -73,6 +94,10 @@ class GcPacer:
         self.collected += found
         self.seconds += pause
         self.max_pause_s = max(self.max_pause_s, pause)
+        if self.trim is not None:
+            t1 = time.perf_counter()
+            self.trim(0)                  # give the heap's free pages back (see the module docstring)
+            self.trim_seconds += time.perf_counter() - t1
         return found
 
     def _run(self) -> None:
@@ -90,7 +115,8 @@ class GcPacer:
 
     def stats(self) -> dict:
         return {"interval_s": self.interval_s, "collections": self.collections, "cyclic_objects": self.collected,
-                "seconds": round(self.seconds, 3), "max_pause_ms": round(self.max_pause_s * 1000, 1)}
+                "seconds": round(self.seconds, 3), "max_pause_ms": round(self.max_pause_s * 1000, 1),
+                "malloc_trim": self.trim is not None, "trim_seconds": round(self.trim_seconds, 3)}
 
 
 def pace_gc(interval_s: float | None = None) -> GcPacer:
@@ -98,4 +124,4 @@ def pace_gc(interval_s: float | None = None) -> GcPacer:
     ``HEATDESK_GC_INTERVAL_S`` or DEFAULT_INTERVAL_S; 0 leaves CPython's collector as it is."""
     if interval_s is None:
         interval_s = float(os.environ.get("HEATDESK_GC_INTERVAL_S", DEFAULT_INTERVAL_S))
-    return GcPacer(interval_s).start()
+    return GcPacer(interval_s, trim=os.environ.get("HEATDESK_MALLOC_TRIM", "1") != "0").start()
