@@ -25,8 +25,10 @@ mmapped, and ``peak_in_flight``, the most deliveries held un-acked by the servic
 counters (``mqtt_disconnects``, ``mqtt_keepalive_timeouts``, PINGREQs sent and the longest PINGRESP
 wait); how long each of (c)'s writes took (``end_to_end_writes``: COPY + merge + COMMIT + acks, p50 / p95 /
 max) and what the shared PostgreSQL server did meanwhile (``end_to_end_server``: checkpoints, WAL,
-autovacuum workers and other databases' active queries; heatdesk/bench/pg_activity.py); modbus polls/s
-from heatdesk.bench.modbus when that module exists.
+autovacuum workers and other databases' active queries; heatdesk/bench/pg_activity.py); the CPU share
+of one core used by the ingest thread, the MQTT network thread and the bench's broker while (c)'s rate
+is measured (``end_to_end_cpu_share``: the two threads share one GIL, so their sum says how much of it
+the pipeline kept busy); modbus polls/s from heatdesk.bench.modbus when that module exists.
 
 How the MQTT figures are taken: the consumer's persistent session is created, taken offline, the
 publisher process publishes N readings at full speed into the broker's queue for it, then the
