@@ -177,10 +177,9 @@ class _IngestClient(mqtt.Client):
     paho-mqtt 2.2.0 (pinned in pyproject.toml; this overrides private methods ``_sock_send``,
     ``_send_pingreq``, ``_handle_pingresp``, ``_create_socket``, ``_packet_queue``, ``_packet_write``,
     ``_handle_publish`` and ``_handle_on_message`` and the public ``loop_misc``, ``loop_read``, ``ack``
-    and ``reconnect``, guarded by tests/test_mqtt_keepalive.py, tests/test_mqtt_io.py and
-    tests/test_adapters_mqtt.py) has two
-    behaviours that together dropped our connection every 60–90 s whenever the publisher outran us
-    (docs/ingest.md):
+    and ``reconnect``, guarded by tests/test_mqtt_keepalive.py, tests/test_mqtt_io.py,
+    tests/test_mqtt_publish_decode.py and tests/test_adapters_mqtt.py) has two behaviours that together
+    dropped our connection every 60–90 s whenever the publisher outran us (docs/ingest.md):
 
     1. ``_packet_write`` returns from inside its loop before refreshing ``_last_msg_out``, so a
        PINGREQ goes out every keep-alive period however many PUBACKs we send (paho #813; MQTT-3.1.2-20
@@ -294,7 +293,8 @@ class _IngestClient(mqtt.Client):
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def ack_many(self, mids: list[int]) -> mqtt.MQTTErrorCode:
-        """``ack(mid, 1)`` for each of ``mids``, in order, under one lock and one buffer append."""
+        """``ack(mid, 1)`` for each of ``mids``, in order, under one lock and one buffer append (QoS 1 with
+        manual acks, as _Connection makes its clients)."""
         if not mids:
             return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         if self._sock is None:

@@ -21,6 +21,7 @@ runs (66 → 72 and 66.6 → 79 MB) are not cyclic garbage: with the memory brea
 reports, each step came with a new high of un-acked deliveries held by the service (8–12 k usually,
 18 k once at 475 s: pymalloc 33 → 39 arenas), while glibc's bytes in use and the number of live
 Python blocks stayed flat — high-water marks of a queue that ReceiveMaximum bounds (docs/ingest.md, "Throughput").
+
 After each paced collection glibc's ``malloc_trim(0)`` gives the heap's free pages back
 (``HEATDESK_MALLOC_TRIM=0`` turns it off). Why: a 10-minute live run after the ack and decode changes
 of 2026-11-23 (docs/ingest.md, "Throughput, third pass") showed glibc's heap growing 13.1 → 16.7 MB

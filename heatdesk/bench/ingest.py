@@ -351,6 +351,18 @@ def _phase_end_to_end(settings, url, root, n, duration, broker_pid: int | None =
     def consumer():
         return MqttAdapter(cfg.by_protocol("mqtt"), svc, config=cfg, settings=settings)
 
+    def cpu_probe(ad):
+        """CPU used while the rate is measured (first message → last full commit), as a share of one
+        core: our two threads (one GIL between them) and the broker when the bench started it. Set
+        before the consumer starts, so the first message finds it; the network thread is looked up
+        when called (paho starts it in ad.start())."""
+        def probe() -> dict:
+            net = ad.connections[0].client._thread
+            return {"ingest_thread": memory.cpu_s(thread=svc._thread.native_id),
+                    "mqtt_network_thread": memory.cpu_s(thread=net.native_id) if net else None,
+                    "broker": memory.cpu_s(pid=broker_pid)}
+        return probe
+
     rss: list[tuple[float, float]] = []           # (seconds since the start of (c)'s traffic, MB)
     stop = threading.Event()
     t0 = time.monotonic()
@@ -381,6 +393,7 @@ def _phase_end_to_end(settings, url, root, n, duration, broker_pid: int | None =
         pub = _Pub(settings.mqtt_url, root, first + LIVE_BACKLOG, 0, duration)
         t0 = time.monotonic()
         threading.Thread(target=sample, daemon=True).start()
+        svc.cpu_probe = cpu_probe(ad)
         ad.start()
         pub.start()
         sent = backlog_sent + pub.join()
@@ -390,19 +403,14 @@ def _phase_end_to_end(settings, url, root, n, duration, broker_pid: int | None =
         ad, sent, pub_rate = _backlog(settings, root, first, n, consumer)
         t0 = time.monotonic()
         threading.Thread(target=sample, daemon=True).start()
+        svc.cpu_probe = cpu_probe(ad)
         ad.start()
-    # CPU used while the rate is measured (first message → last full commit), as a share of one core:
-    # our two threads (one GIL between them) and the broker when the bench started it
-    net = ad.connections[0].client._thread
-    who = {"ingest_thread": {"thread": svc._thread.native_id},
-           "mqtt_network_thread": {"thread": net.native_id if net else None}, "broker": {"pid": broker_pid}}
-    svc.cpu_probe = lambda: {k: memory.cpu_s(**w) for k, w in who.items()}
     _wait_progress(lambda: svc.totals["inserted"], sent, "(c) end to end")
     t_end = time.perf_counter()
     busy = {}
     if svc.cpu_first and svc.cpu_full:
         (ta, ca), (tb, cb) = svc.cpu_first, svc.cpu_full
-        busy = {k: round((cb[k] - ca[k]) / (tb - ta), 2) for k in who if ca[k] is not None and cb[k] is not None}
+        busy = {k: round((cb[k] - ca[k]) / (tb - ta), 2) for k in ca if ca[k] is not None and cb.get(k) is not None}
     svc.drain(10)
     stop.set()
     watch.__exit__(None, None, None)
