@@ -278,11 +278,22 @@ class _IngestClient(mqtt.Client):
     def ack(self, mid: int, qos: int) -> mqtt.MQTTErrorCode:
         if qos != 1 or not self._manual_ack:
             return super().ack(mid, qos)
+        return self._buffer_acks(struct.pack("!BBH", mqtt.PUBACK, 2, mid))
+
+    def ack_many(self, mids: list[int]) -> mqtt.MQTTErrorCode:
+        """``ack(mid, 1)`` for each of ``mids``, in order, under one lock and one buffer append (QoS 1 with
+        manual acks, as _Connection makes its clients)."""
+        if not mids:
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._buffer_acks(struct.pack(f"!{len(mids)}I", *[_PUBACK_HEAD | mid for mid in mids]))
+
+    def _buffer_acks(self, pubacks: bytes) -> mqtt.MQTTErrorCode:
+        """Append PUBACK packets to the buffer the network thread sends; wake it if the buffer was empty."""
         if self._sock is None:
-            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN     # the broker re-sends it on the next connection
+            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN     # the broker re-sends them on the next connection
         with self._acks_lock:
             wake = not self._acks
-            self._acks += struct.pack("!BBH", mqtt.PUBACK, 2, mid)
+            self._acks += pubacks
         if wake:
             w = self._sockpairW
             if w is not None:
@@ -290,26 +301,6 @@ class _IngestClient(mqtt.Client):
                     w.send(b"0")
                 except (BlockingIOError, OSError):
                     pass                   # a wake-up byte is already waiting, or the loop is gone
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def ack_many(self, mids: list[int]) -> mqtt.MQTTErrorCode:
-        """``ack(mid, 1)`` for each of ``mids``, in order, under one lock and one buffer append (QoS 1 with
-        manual acks, as _Connection makes its clients)."""
-        if not mids:
-            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        if self._sock is None:
-            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN     # the broker re-sends them on the next connection
-        data = struct.pack(f"!{len(mids)}I", *[_PUBACK_HEAD | mid for mid in mids])
-        with self._acks_lock:
-            wake = not self._acks
-            self._acks += data
-        if wake:
-            w = self._sockpairW
-            if w is not None:
-                try:
-                    w.send(b"0")
-                except (BlockingIOError, OSError):
-                    pass
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _move_acks(self) -> None:
