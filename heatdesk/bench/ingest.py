@@ -228,6 +228,10 @@ class _TimedService(IngestService):
     cpu_first: tuple[float, dict] | None = None
     cpu_full: tuple[float, dict] | None = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.write_s = []
+
     def submit(self, delivery: Delivery) -> None:
         if self.first is None:
             self.first = time.perf_counter()
@@ -343,9 +347,8 @@ def _phase_end_to_end(settings, url, root, n, duration, broker_pid: int | None =
     cfg = _config(root)
     pool = make_pool(url, min_size=1, max_size=4, name="bench-e2e")
     svc = _TimedService(pool, settings=settings, ranges=dict(cfg.ranges), spool_dir=settings.data_dir / "bench-spool")
-    svc.write_s = []
     svc.start()
-    watch = ActivityWatch(url).__enter__()          # what the shared server did meanwhile (pg_activity.py)
+    watch = ActivityWatch(url).start()              # what the shared server did meanwhile (pg_activity.py)
     first = 10_000_000
 
     def consumer():
@@ -413,7 +416,7 @@ def _phase_end_to_end(settings, url, root, n, duration, broker_pid: int | None =
         busy = {k: round((cb[k] - ca[k]) / (tb - ta), 2) for k in ca if ca[k] is not None and cb.get(k) is not None}
     svc.drain(10)
     stop.set()
-    watch.__exit__(None, None, None)
+    watch.stop()
     mqtt_health = ad.counters()
     ad.stop()
     svc.stop()

@@ -49,7 +49,8 @@ class ServerActivity:
 
 
 class ActivityWatch:
-    """``with ActivityWatch(url) as w: …`` then ``w.result``; ``url`` is the database under test.
+    """``with ActivityWatch(url) as w: …`` (or ``w = ActivityWatch(url).start()`` … ``w.stop()``), then
+    ``w.result``; ``url`` is the database under test.
 
     Sessions in that database are the bench's own and are not counted as the server's other work.
     One extra connection, one small query every ``interval_s``."""
@@ -63,6 +64,12 @@ class ActivityWatch:
         self._before: tuple | None = None
 
     def __enter__(self) -> "ActivityWatch":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "ActivityWatch":
         try:
             self._conn = psycopg.connect(self.url, autocommit=True, application_name="hdbench-watch")
             self._before = self._conn.execute(_COUNTERS).fetchone()
@@ -87,7 +94,7 @@ class ActivityWatch:
             r.other_active_max = max(r.other_active_max, active)
             r.io_waits_max = max(r.io_waits_max, io)
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
